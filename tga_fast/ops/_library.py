@@ -73,8 +73,9 @@ def _segment_pool_backward_fake(grad_pooled, spans, seq_len, dtype):
 @torch.library.register_fake("tga_fast::segment_cosine")
 def _segment_cosine_fake(hidden, spans, target, eps):
     batch, spans_per_sample, dim = hidden.shape[0], spans.shape[1], hidden.shape[2]
-    cos = hidden.new_empty((batch, spans_per_sample), dtype=torch.float32)
-    mean = hidden.new_empty((batch, spans_per_sample, dim), dtype=torch.float32)
+    accumulation = pool_reference.accumulation_dtype(hidden.dtype)  # fp32 (fp64 only for gradcheck)
+    cos = hidden.new_empty((batch, spans_per_sample), dtype=accumulation)
+    mean = hidden.new_empty((batch, spans_per_sample, dim), dtype=accumulation)
     return cos, mean
 
 

@@ -59,7 +59,9 @@ def segment_pool_backward(
 
     grad_pooled ``[B, S, D]`` -> grad_hidden ``[B, T, D]`` in ``dtype``: row t receives
     ``sum over spans s containing t of grad_pooled[b, s] / len(s)`` (fp32 accumulation), rows outside every
-    span receive zeros.
+    span receive zeros. The sum over spans is one batched matmul with the 0/1 span mask (the backward is the
+    hot half of the reference, so it stays fast); for a non-finite ``grad_pooled`` that spreads NaN
+    (0 * inf) over the sample's other rows, where the kernels keep it inside the span.
     """
     acc = accumulation_dtype(grad_pooled.dtype)
     mask = span_mask(spans, seq_len).to(acc)

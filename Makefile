@@ -1,0 +1,54 @@
+# tga_fast: `make demo` runs the main job, `make test` passes the tests, `make bench` compares the kernels.
+# Each target sets up what it needs on first use (a .venv, torch, the C++ build) and is quick the second time.
+
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+# The CPU build of torch on these machines; override for a CUDA machine, e.g. TORCH_SPEC='torch==2.13.0'.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev
+
+# Build and kernel caches stay inside the repository (ignored by git).
+export TORCH_EXTENSIONS_DIR    := $(CURDIR)/.cache/torch_extensions
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export TRITON_CACHE_DIR        := $(CURDIR)/.cache/triton
+export PIP_CONSTRAINT          := $(CURDIR)/$(VENV)/constraints.txt
+
+CPP_SOURCES := $(wildcard csrc/*) CMakeLists.txt setup.py
+
+.PHONY: demo test bench env build clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/tga-fast demo --out out/demo
+
+test: $(VENV)/.installed
+	TRITON_INTERPRET=1 TGA_FAST_STRICT=1 $(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	TGA_FAST_STRICT=1 $(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only \
+		--benchmark-json=.benchmarks/latest.json $(BENCH_ARGS)
+
+env: $(VENV)/.installed
+	$(VENV)/bin/tga-fast env
+
+# torch first, from TORCH_SPEC, and pinned for every later install (a bare `torch` requirement would
+# otherwise pull a several-GB CUDA build).
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	echo '$(TORCH_SPEC)' > $(VENV)/constraints.txt
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet '$(TORCH_SPEC)' numpy
+	touch $@
+
+# The package with its extras, built against that torch (no build isolation: see ENVIRONMENT notes in README).
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml $(CPP_SOURCES)
+	$(PIP) install --quiet --no-build-isolation -e '.[$(EXTRAS)]'
+	touch $@
+
+build: $(VENV)/.torch
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $(VENV)/.installed
+
+clean:
+	rm -rf build .cache tga_fast/_C*.so

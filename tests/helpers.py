@@ -1,0 +1,79 @@
+"""Shared test helpers: the error budget, span generators and the implementations under test."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import pytest
+import torch
+
+from tga_fast.ops import BACKENDS
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The floor of the error budget: what any fp32-accumulating kernel may differ by in the output's dtype.
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference, with matching NaN positions required and NaN-NaN counted as 0."""
+    actual, expected = actual.double(), expected.double()
+    assert torch.equal(actual.isnan(), expected.isnan()), "NaN positions differ"
+    finite = ~expected.isnan()
+    if not finite.any():
+        return 0.0
+    return (actual[finite] - expected[finite]).abs().max().item()
+
+
+def assert_within_budget(kernel: torch.Tensor, oracle: torch.Tensor, reference_lowp: torch.Tensor, dtype) -> None:
+    """flash-attention's rule: the kernel's error against the fp32 oracle is at most twice the reference's own
+    error in the low precision, plus a per-dtype floor."""
+    assert kernel.shape == oracle.shape, (kernel.shape, oracle.shape)
+    budget = 2 * max_error(reference_lowp, oracle) + FLOOR[dtype] * max(1.0, oracle.abs().nan_to_num().max().item())
+    error = max_error(kernel, oracle)
+    assert error <= budget, f"error {error:.3g} over budget {budget:.3g} ({dtype})"
+
+
+def random_spans(batch: int, count: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
+    """Valid random spans ``[B, S, 2]``, including empty ones, ones touching 0 and T, and overlaps."""
+    ends = torch.randint(0, seq_len + 1, (batch, count, 2), generator=gen).sort(dim=-1).values
+    return ends.contiguous()
+
+
+# Hand-made span layouts: (name, seq_len, spans per sample); every layout is a valid [B, S, 2] tensor.
+SPAN_CASES = {
+    "single-row": (1, [[[0, 1]], [[0, 0]]]),
+    "both-ends-and-empty": (9, [[[0, 9], [3, 5], [9, 9]], [[2, 2], [8, 9], [0, 1]]]),
+    "overlapping": (16, [[[0, 10], [5, 16], [4, 6]], [[1, 15], [1, 15], [14, 16]]]),
+    "different-lengths": (33, [[[0, 33], [30, 31]], [[7, 8], [2, 29]]]),
+}
+
+
+def span_case(name: str) -> tuple[int, torch.Tensor]:
+    seq_len, spans = SPAN_CASES[name]
+    return seq_len, torch.tensor(spans, dtype=torch.int64)
+
+
+def cpp_available() -> bool:
+    return BACKENDS["cpu"].available
+
+
+def require_cpp() -> None:
+    """Skip unless the C++ extension is loaded (test_dispatch fails the run if it should have been)."""
+    if not cpp_available():
+        pytest.skip(f"C++ extension: {BACKENDS['cpu'].reason}")
+
+
+requires_cpp = pytest.mark.skipif(not cpp_available(), reason=f"C++ extension: {BACKENDS['cpu'].reason}")
+
+
+def triton_module(op: str):
+    """The Triton launchers of ``op`` (run on CPU tensors under TRITON_INTERPRET=1), or skip."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    return importlib.import_module(f"tga_fast.ops.{op}.triton")
+
+
+def triton_device() -> str:
+    """Where the Triton tests run: the GPU when there is one, else the CPU through the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
