@@ -7,6 +7,8 @@ PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 # The CPU build of torch on these machines; override for a CUDA machine, e.g. TORCH_SPEC='torch==2.13.0'.
 TORCH_SPEC ?= torch==2.13.0
+# What that torch's CUDA build requires; its interpreter runs the Triton kernels on the CPU in the tests.
+TRITON_SPEC ?= triton==3.7.1
 EXTRAS     ?= dev
 
 # Build and kernel caches stay inside the repository (ignored by git).
@@ -32,12 +34,12 @@ bench: $(VENV)/.installed
 env: $(VENV)/.installed
 	$(VENV)/bin/tga-fast env
 
-# torch first, from TORCH_SPEC, and pinned for every later install (a bare `torch` requirement would
-# otherwise pull a several-GB CUDA build).
+# torch first, from TORCH_SPEC, and pinned with TRITON_SPEC for every later install (a bare `torch`
+# requirement would otherwise pull a several-GB CUDA build). The pins live here, not in the library's metadata.
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
-	echo '$(TORCH_SPEC)' > $(VENV)/constraints.txt
-	$(PIP) install --quiet --upgrade pip
+	printf '%s\n' '$(TORCH_SPEC)' '$(TRITON_SPEC)' > $(VENV)/constraints.txt
+	$(PIP) install --quiet --upgrade pip 'setuptools>=77' wheel
 	$(PIP) install --quiet '$(TORCH_SPEC)' numpy
 	touch $@
 

@@ -95,9 +95,11 @@ def span_sum_kernel(
         tl.store(out_ptr + span.to(tl.int64) * dim + cols, tu.cast_to(mean, out_ptr.dtype.element_ty, INTERPRETED),
                  mask=col_mask)
     else:
-        # Chunks past the span's end write nothing; the epilogue reads only cdiv(len, rows) chunks.
+        # Chunks past the span's end write nothing; the epilogue reads only cdiv(len, rows) chunks. (Written as a
+        # column limit: Triton 3.9's interpreter rejects a mask combining a block with a scalar condition.)
         offset = (span.to(tl.int64) * num_splits + chunk) * dim
-        tl.store(out_ptr + offset + cols, total, mask=col_mask & (num_rows > 0))
+        cols_to_write = tl.where(num_rows > 0, dim, 0)
+        tl.store(out_ptr + offset + cols, total, mask=cols < cols_to_write)
 
 
 @triton.jit
