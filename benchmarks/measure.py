@@ -12,6 +12,7 @@ own peak counter is used in-process.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -49,40 +50,47 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# Inputs are rotated over copies that together exceed this, several times a 32 MiB last-level cache, so that
+# every round reads its span rows from memory (a kernel re-reading one cached tensor would beat the copy bandwidth).
+ROTATION_BYTES = 256 * 2**20
+
+
 def workload(name: str, provider: str, shape: AlignmentShape, mode: str, dtype: torch.dtype):
-    """``(run, bytes_moved)``: a closure doing one forward (and backward) on fresh inputs, and the bytes an
-    ideal fused kernel must move for it (span rows read, plus the ``[B, T, D]`` gradient written)."""
+    """``(run, bytes_moved)``: a closure doing one forward (and backward) on the next set of inputs, and the bytes
+    an ideal fused kernel must move for it (span rows read, plus the ``[B, T, D]`` gradient written)."""
     device = providers.device_of(provider)
     grad = mode == "forward+backward"
     spans = shape.spans(device)
+    layers = 1 if name == "segment_cosine" else shape.layers
+    copies = max(1, -(-ROTATION_BYTES // (layers * shape.layer_bytes(dtype))))
     if name == "segment_cosine":
-        hidden = shape.hidden(dtype, device, requires_grad=grad)[0]
-        target = shape.targets(dtype, device)[0]
         fn = providers.segment_cosine(provider)
-        inputs, layers = (hidden, spans, target), 1
+        sets = [(shape.hidden(dtype, device, seed=i, requires_grad=grad, layers=1)[0], shape.targets(dtype, device)[0]) for i in range(copies)]
 
-        def run():
-            with torch.set_grad_enabled(grad):
-                cos = fn(*inputs)
-                if grad:
-                    torch.autograd.grad(cos.sum(), hidden)
+        def step(hidden, target):
+            cos = fn(hidden, spans, target)
+            if grad:
+                torch.autograd.grad(cos.sum(), hidden)
             return cos
 
     elif name == "alignment_loss":
-        hidden = shape.hidden(dtype, device, requires_grad=grad)
-        targets = shape.targets(dtype, device)
         fn = providers.alignment_loss(provider)
-        layers = shape.layers
+        sets = [(shape.hidden(dtype, device, seed=i, requires_grad=grad), shape.targets(dtype, device)) for i in range(copies)]
 
-        def run():
-            with torch.set_grad_enabled(grad):
-                loss = fn(hidden, spans, targets)
-                if grad:
-                    torch.autograd.grad(loss, hidden)
+        def step(hidden, targets):
+            loss = fn(hidden, spans, targets)
+            if grad:
+                torch.autograd.grad(loss, hidden)
             return loss
 
     else:
         raise ValueError(f"unknown workload {name!r}")
+    rotation = itertools.cycle(sets)
+
+    def run():
+        with torch.set_grad_enabled(grad):
+            return step(*next(rotation))
+
     moved = layers * (shape.span_bytes(dtype) + (shape.layer_bytes(dtype) if grad else 0))
     return run, moved
 

@@ -33,12 +33,12 @@ class AlignmentShape:
         assert int(spans.max()) <= self.seq_len, f"{self.name}: spans do not fit in seq_len"
         return spans
 
-    def hidden(self, dtype=torch.float32, device="cpu", seed=0, requires_grad=False) -> list[torch.Tensor]:
-        """The student's hidden states at the target layers: ``layers`` tensors ``[B, T, D]``."""
+    def hidden(self, dtype=torch.float32, device="cpu", seed=0, requires_grad=False, layers=None) -> list[torch.Tensor]:
+        """The student's hidden states at the target layers: ``layers`` (default all) tensors ``[B, T, D]``."""
         gen = torch.Generator(device=device).manual_seed(seed)
         return [
             torch.randn(self.batch, self.seq_len, self.dim, generator=gen, device=device, dtype=dtype).requires_grad_(requires_grad)
-            for _ in range(self.layers)
+            for _ in range(self.layers if layers is None else layers)
         ]
 
     def targets(self, dtype=torch.float32, device="cpu", seed=1) -> torch.Tensor:
