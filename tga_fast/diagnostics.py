@@ -59,5 +59,5 @@ def report() -> str:
         lines.append(f"  cpp build  {key}: {value}")
     lines.append("dispatch (op: cpu / cuda):")
     for op in _library.OPS:
-        lines.append(f"  {op:24s} {serving_implementation(op, 'cpu'):9s} / {serving_implementation(op, 'cuda')}")
+        lines.append(f"  {op:28s} {serving_implementation(op, 'cpu'):9s} / {serving_implementation(op, 'cuda')}")
     return "\n".join(lines)

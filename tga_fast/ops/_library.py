@@ -187,3 +187,148 @@ def _register_triton() -> None:
 STATUS = _backends.load()
 if STATUS["cuda"].available:
     _register_triton()
+
+
+# === attention ops =======================================================================================
+#
+#     knockout_attention(Tensor q, Tensor k, Tensor v, Tensor blocked, float? scale, Tensor? key_valid) -> Tensor
+#         q [B, H, Tq, d], k/v [B, Hkv, Tk, d], blocked/key_valid [B, Tk] bool -> out [B, H, Tq, d] in q's dtype
+#     knockout_attention_backward(grad_out, q, k, v, blocked, scale, key_valid) -> (grad_q, grad_k, grad_v)
+#     attention_share(Tensor q, Tensor k, Tensor key_set, Tensor rows, float? scale, Tensor? key_valid) -> Tensor
+#         q [B, H, T, d], k [B, Hkv, T, d], key_set/key_valid [B, T] bool, rows [B, R] int64 -> share [B, H, R] f32
+#     attention_share_backward(grad_share, q, k, key_set, rows, scale, key_valid) -> (grad_q, grad_k)
+#
+# The forwards have Triton kernels for CUDA (no C++ CPU kernel: on a CPU the reference, SDPA for the
+# knockout, is the fast path). The backwards are the reference on every device (the analyses run under
+# no_grad; the gradients exist so that the ops compose with autograd like the SDPA they replace).
+
+from tga_fast.ops.attention_share import reference as share_reference  # noqa: E402
+from tga_fast.ops.knockout_attention import reference as knockout_reference  # noqa: E402
+
+_lib.define(
+    "knockout_attention(Tensor q, Tensor k, Tensor v, Tensor blocked, float? scale=None, Tensor? key_valid=None) "
+    "-> Tensor"
+)
+_lib.define(
+    "knockout_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor blocked, float? scale, "
+    "Tensor? key_valid) -> (Tensor, Tensor, Tensor)"
+)
+_lib.define(
+    "attention_share(Tensor q, Tensor k, Tensor key_set, Tensor rows, float? scale=None, Tensor? key_valid=None) "
+    "-> Tensor"
+)
+_lib.define(
+    "attention_share_backward(Tensor grad_share, Tensor q, Tensor k, Tensor key_set, Tensor rows, float? scale, "
+    "Tensor? key_valid) -> (Tensor, Tensor)"
+)
+
+ATTENTION_OPS = ("knockout_attention", "knockout_attention_backward", "attention_share", "attention_share_backward")
+OPS = OPS + ATTENTION_OPS
+
+# Devices with a kernel for each forward; the backwards have none (kernel_devices=()).
+ATTENTION_KERNEL_DEVICES = ("cuda",)
+
+
+def _knockout_attention_default(q, k, v, blocked, scale=None, key_valid=None):
+    _backends.check_fallback("knockout_attention", q.device, ATTENTION_KERNEL_DEVICES)
+    return knockout_reference.knockout_attention(q, k, v, blocked, scale, key_valid)
+
+
+def _knockout_attention_backward_default(grad_out, q, k, v, blocked, scale, key_valid):
+    _backends.check_fallback("knockout_attention_backward", q.device, ())
+    return knockout_reference.knockout_attention_backward(grad_out, q, k, v, blocked, scale, key_valid)
+
+
+def _attention_share_default(q, k, key_set, rows, scale=None, key_valid=None):
+    _backends.check_fallback("attention_share", q.device, ATTENTION_KERNEL_DEVICES)
+    return share_reference.attention_share(q, k, key_set, rows, scale, key_valid)
+
+
+def _attention_share_backward_default(grad_share, q, k, key_set, rows, scale, key_valid):
+    _backends.check_fallback("attention_share_backward", q.device, ())
+    return share_reference.attention_share_backward(grad_share, q, k, key_set, rows, scale, key_valid)
+
+
+_lib.impl("knockout_attention", _knockout_attention_default, "CompositeExplicitAutograd")
+_lib.impl("knockout_attention_backward", _knockout_attention_backward_default, "CompositeExplicitAutograd")
+_lib.impl("attention_share", _attention_share_default, "CompositeExplicitAutograd")
+_lib.impl("attention_share_backward", _attention_share_backward_default, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("tga_fast::knockout_attention")
+def _knockout_attention_fake(q, k, v, blocked, scale=None, key_valid=None):
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake("tga_fast::knockout_attention_backward")
+def _knockout_attention_backward_fake(grad_out, q, k, v, blocked, scale, key_valid):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.register_fake("tga_fast::attention_share")
+def _attention_share_fake(q, k, key_set, rows, scale=None, key_valid=None):
+    accumulation = pool_reference.accumulation_dtype(q.dtype)  # fp32 (fp64 only for gradcheck)
+    return q.new_empty((q.shape[0], q.shape[1], rows.shape[1]), dtype=accumulation)
+
+
+@torch.library.register_fake("tga_fast::attention_share_backward")
+def _attention_share_backward_fake(grad_share, q, k, key_set, rows, scale, key_valid):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _knockout_setup_context(ctx, inputs, output):
+    q, k, v, blocked, scale, key_valid = inputs
+    ctx.save_for_backward(q, k, v, blocked, key_valid)
+    ctx.scale = scale
+
+
+def _knockout_backward(ctx, grad_out):
+    q, k, v, blocked, key_valid = ctx.saved_tensors
+    grad_q, grad_k, grad_v = torch.ops.tga_fast.knockout_attention_backward(
+        grad_out, q, k, v, blocked, ctx.scale, key_valid
+    )
+    return grad_q, grad_k, grad_v, None, None, None
+
+
+torch.library.register_autograd(
+    "tga_fast::knockout_attention", _knockout_backward, setup_context=_knockout_setup_context
+)
+
+
+def _share_setup_context(ctx, inputs, output):
+    q, k, key_set, rows, scale, key_valid = inputs
+    ctx.save_for_backward(q, k, key_set, rows, key_valid)
+    ctx.scale = scale
+
+
+def _share_backward(ctx, grad_share):
+    q, k, key_set, rows, key_valid = ctx.saved_tensors
+    grad_q, grad_k = torch.ops.tga_fast.attention_share_backward(grad_share, q, k, key_set, rows, ctx.scale, key_valid)
+    return grad_q, grad_k, None, None, None, None
+
+
+torch.library.register_autograd("tga_fast::attention_share", _share_backward, setup_context=_share_setup_context)
+
+
+def _register_attention_triton() -> None:
+    _lib.impl(
+        "knockout_attention",
+        _triton_kernel(
+            "knockout_attention",
+            "tga_fast.ops.knockout_attention.triton",
+            "knockout_attention",
+            knockout_reference.knockout_attention,
+        ),
+        "CUDA",
+    )
+    _lib.impl(
+        "attention_share",
+        _triton_kernel(
+            "attention_share", "tga_fast.ops.attention_share.triton", "attention_share", share_reference.attention_share
+        ),
+        "CUDA",
+    )
+
+
+if STATUS["cuda"].available:
+    _register_attention_triton()

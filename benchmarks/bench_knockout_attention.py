@@ -1,0 +1,184 @@
+"""knockout_attention forward: eager vs reference vs plain causal SDPA vs triton, time and peak memory.
+
+``eager``        what HF's eager attention does: the [B, H, T, T] scores materialised, a dense 4D additive mask
+                 (the knockout + causal mask), softmax in fp32, grouped kv heads repeated
+``reference``    tga_fast's reference: SDPA with a boolean [B, 1, T, T] mask (what a CPU tensor runs)
+``sdpa_causal``  plain ``is_causal`` SDPA without any knockout: the speed of light for the shape
+``triton``       the fused Triton kernel through the dispatcher (CUDA only)
+
+The target (GPU): ``triton`` within 1.3x of ``sdpa_causal``'s time at the 7B shapes. ``bytes`` counts q, k, v
+read and the output written once (attention is compute bound: the GB/s column is only a ratio to compare
+providers); ``extra_info["tflops"]`` counts the causal half of the 4 * B * H * T^2 * d multiply-adds.
+
+    python -m benchmarks.bench_knockout_attention --provider reference --shape cpu-small   # peak memory probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import measure, providers
+
+ROUNDS = {"cpu-small": 10, "7b-mha-t1200": 3, "7b-gqa-t2048": 3}
+PROVIDERS = ("eager", "reference", "sdpa_causal", "triton")
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    name: str
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_len: int
+    dim: int
+
+    def inputs(self, dtype: torch.dtype, device: str, seed: int = 0):
+        """``(q, k, v, blocked)``: a prefill with a run of 8 blocked (toxic) tokens in the middle."""
+        gen = torch.Generator(device=device).manual_seed(seed)
+        q_shape = (self.batch, self.heads, self.seq_len, self.dim)
+        kv_shape = (self.batch, self.kv_heads, self.seq_len, self.dim)
+        q, k, v = (torch.randn(s, generator=gen, device=device).to(dtype) for s in (q_shape, kv_shape, kv_shape))
+        blocked = torch.zeros(self.batch, self.seq_len, dtype=torch.bool, device=device)
+        blocked[:, self.seq_len // 2 : self.seq_len // 2 + 8] = True
+        return q, k, v, blocked
+
+    def bytes_moved(self, dtype: torch.dtype) -> int:
+        size = torch.empty((), dtype=dtype).element_size()
+        return size * self.batch * self.seq_len * self.dim * (2 * self.heads + 2 * self.kv_heads)
+
+    def causal_flops(self) -> float:
+        return 2 * self.batch * self.heads * self.seq_len**2 * self.dim  # (QK^T + PV) over the causal half
+
+
+SHAPES = {
+    "cpu-small": AttentionShape("cpu-small", batch=1, heads=8, kv_heads=2, seq_len=256, dim=64),
+    "7b-mha-t1200": AttentionShape("7b-mha-t1200", batch=1, heads=32, kv_heads=32, seq_len=1200, dim=128),
+    "7b-gqa-t2048": AttentionShape("7b-gqa-t2048", batch=1, heads=32, kv_heads=8, seq_len=2048, dim=128),
+}
+
+
+def eager_knockout(q, k, v, blocked):
+    """HF eager attention with the knockout as a dense 4D additive mask."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    seq_len = q.shape[2]
+    keys = torch.arange(seq_len, device=q.device)
+    visible = (keys[None, :] <= keys[:, None]) & ~(blocked[:, None, :] & (keys[None, :] < keys[:, None]))
+    mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, torch.finfo(q.dtype).min)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask[:, None]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs @ v
+
+
+def provider_fn(provider: str):
+    if provider == "eager":
+        return eager_knockout
+    if provider == "reference":
+        from tga_fast.ops.knockout_attention.reference import knockout_attention
+
+        return knockout_attention
+    if provider == "sdpa_causal":
+        return lambda q, k, v, blocked: F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1]
+        )
+    from tga_fast.ops import knockout_attention
+
+    return knockout_attention
+
+
+def device_of(provider: str) -> str:
+    """Every provider runs on the GPU when there is one (the comparison is on one device), else on the CPU."""
+    return "cuda" if provider == "triton" or torch.cuda.is_available() else "cpu"
+
+
+def skip_reason(provider: str, shape: str, dtype: torch.dtype) -> str | None:
+    if provider == "triton":
+        return providers.available("triton")
+    if device_of(provider) == "cpu" and dtype != torch.float32 and shape != "cpu-small":
+        return "bf16 attention at the 7B shapes on a CPU: minutes per provider, not a use case"
+    return None
+
+
+def workload(provider: str, shape: AttentionShape, dtype: torch.dtype):
+    device = device_of(provider)
+    fn = provider_fn(provider)
+    inputs = shape.inputs(dtype, device)
+
+    def run():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    return run
+
+
+def peak_memory(provider: str, shape: str, dtype_name: str) -> int | None:
+    """Peak bytes of one forward: in-process on CUDA, in a fresh process on the CPU (see benchmarks.measure)."""
+    if os.environ.get("TGA_FAST_BENCH_MEMORY", "1") == "0":
+        return None
+    device = device_of(provider)
+    if device == "cuda":
+        return measure.peak_memory_here(workload(provider, SHAPES[shape], measure.DTYPES[dtype_name]), device)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    args = ["--provider", provider, "--shape", shape, "--dtype", dtype_name]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_knockout_attention", *args],
+        cwd=measure.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-memory probe failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_knockout_attention(benchmark, copy_bandwidth, provider, shape, dtype_name):
+    dtype = measure.DTYPES[dtype_name]
+    reason = skip_reason(provider, shape, dtype)
+    if reason:
+        pytest.skip(f"{provider}: {reason}")
+    device = device_of(provider)
+    spec = SHAPES[shape]
+    run = workload(provider, spec, dtype)
+    if provider != "sdpa_causal":  # correctness first (sdpa_causal ignores the knockout by design)
+        expected = workload("reference", spec, torch.float32)()  # the same inputs in fp32
+        tol = 2e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(run().float(), expected, rtol=tol, atol=tol)
+
+    def timed():
+        run()
+        measure.synchronize(device)
+
+    benchmark.group = f"knockout_attention {shape} {dtype_name} forward"
+    copy_gbps = copy_bandwidth(device) / 1e9
+    benchmark.extra_info.update(provider=provider, bytes=spec.bytes_moved(dtype), copy_gbps=copy_gbps)
+    benchmark.pedantic(timed, rounds=ROUNDS[shape], warmup_rounds=1)
+    benchmark.extra_info["tflops"] = spec.causal_flops() / benchmark.stats.stats.median / 1e12
+    peak = peak_memory(provider, shape, dtype_name)
+    benchmark.extra_info["peak_mb"] = None if peak is None else peak / 2**20
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--provider", required=True, choices=PROVIDERS)
+    parser.add_argument("--shape", required=True, choices=list(SHAPES))
+    parser.add_argument("--dtype", default="float32", choices=list(measure.DTYPES))
+    args = parser.parse_args(argv)
+    run = workload(args.provider, SHAPES[args.shape], measure.DTYPES[args.dtype])
+    print(json.dumps({"peak_bytes": measure.peak_memory_here(run, device_of(args.provider))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""knockout_attention: causal attention in which blocked keys are invisible to every later query."""
