@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tga_fast.models.adapters import resolve
-from tga_fast.models.interventions import _block_indices, _text_config
+from tga_fast.models.interventions import _block_indices, _text_config, key_valid_from_mask
 from tga_fast.ops import attention_share
 
 __all__ = ["AttentionShares", "attention_shares", "SHARE_ATTENTION"]
@@ -56,10 +56,7 @@ def _share_probe_forward(module, query, key, value, attention_mask, dropout=0.0,
 
     probe = _PROBES.get(module)
     if probe is not None and probe.block not in probe.result._share and query.shape[2] == key.shape[2]:
-        key_valid = None
-        if attention_mask is not None:
-            visible = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min
-            key_valid = visible[:, 0].any(dim=1)
+        key_valid = key_valid_from_mask(attention_mask, key.shape[2])
         share = attention_share(
             query, key, probe.key_set.to(query.device), probe.rows.to(query.device), scale=scaling, key_valid=key_valid
         )

@@ -39,6 +39,18 @@ def _block_indices(parts: ModelParts, layers: Iterable[int], name: str = "layers
     return [k - 1 for k in blocks]
 
 
+def key_valid_from_mask(attention_mask: torch.Tensor | None, num_keys: int) -> torch.Tensor | None:
+    """bool ``[B, Tk]`` from the ``[B, 1, Tq, Tk]`` mask transformers passes (boolean, or additive with the dtype's
+    minimum for hidden keys): a key is real, not padding, if some query may see it. None for no mask."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype == torch.bool:
+        visible = attention_mask
+    else:
+        visible = attention_mask > torch.finfo(attention_mask.dtype).min
+    return visible[:, 0].any(dim=1)[:, -num_keys:]
+
+
 def _knockout_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """An ``AttentionInterface`` function: knockout attention for registered modules, SDPA for the others.
 
@@ -53,10 +65,7 @@ def _knockout_attention_forward(module, query, key, value, attention_mask, dropo
     blocked = blocked.to(query.device)
     if blocked.shape[1] < num_keys:  # tokens generated after the prompt are never blocked
         blocked = torch.nn.functional.pad(blocked, (0, num_keys - blocked.shape[1]), value=False)
-    key_valid = None
-    if attention_mask is not None:  # [B, 1, Tq, Tk]: a key is real (not padding) if some query may see it
-        visible = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min
-        key_valid = visible[:, 0].any(dim=1)[:, -num_keys:]
+    key_valid = key_valid_from_mask(attention_mask, num_keys)
     out = knockout_attention(query, key, value, blocked[:, :num_keys], scale=scaling, key_valid=key_valid)
     return out.transpose(1, 2).contiguous(), None
 
