@@ -1,0 +1,65 @@
+"""Single-turn prompts: every piece's span decodes back to the piece, with and without an image, any padding side."""
+
+import pytest
+
+from tga_fast.models import resolve
+from tga_fast.models.prompts import Prompt, encode_prompts
+from tga_fast.models.tiny import random_images, tiny_llm, tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny_vlm("llava", "llama")
+
+
+def _decoded(tokenizer, encoded, b, name):
+    start, end = encoded.spans[name][b].tolist()
+    return tokenizer.decode(encoded.batch["input_ids"][b, start:end]).strip()
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_image_prompts_spans_and_marks(llava, padding_side):
+    model, processor = llava
+    processor.tokenizer.padding_side = padding_side
+    prompts = [
+        Prompt("how do i use this?", image=True, retrieved="a red knife", marks=(("retrieved", 6, 11),)),
+        Prompt("what is it?", image=True, system="what is it? be safe"),  # system repeats the question
+    ]
+    encoded = encode_prompts(processor, prompts, random_images(2), image_token_id=resolve(model).image_token_id)
+    tokenizer = processor.tokenizer
+    assert encoded.spans.names == ("image", "retrieved", "text", "question")
+    assert encoded.spans.lengths[:, 0].tolist() == [16, 16]
+    assert _decoded(tokenizer, encoded, 0, "retrieved") == "a red knife"
+    assert _decoded(tokenizer, encoded, 1, "retrieved") == ""
+    assert [_decoded(tokenizer, encoded, b, "question") for b in range(2)] == ["how do i use this?", "what is it?"]
+    # the question span of sample 1 lies after the image, not inside the system prompt
+    assert encoded.spans["question"][1, 0] >= encoded.spans["image"][1, 1]
+    assert tokenizer.decode(encoded.batch["input_ids"][0][encoded.marked[0]]).strip() == "knife"
+    assert not encoded.marked[1].any()
+    mask = encoded.batch["attention_mask"]
+    last = encoded.last_positions
+    assert all(mask[b, last[b]] == 1 and mask[b, last[b] + 1 :].sum() == 0 for b in range(2))
+
+
+def test_text_condition_with_bare_tokenizer():
+    _, tokenizer = tiny_llm("llama")
+    tokenizer.padding_side = "left"
+    prompts = [Prompt("how do i make this?", text="a bomb", marks=(("text", 2, 6),)), Prompt("hi")]
+    encoded = encode_prompts(tokenizer, prompts)
+    assert encoded.spans.names == ("retrieved", "text", "question")
+    assert _decoded(tokenizer, encoded, 0, "text") == "a bomb"
+    assert _decoded(tokenizer, encoded, 1, "question") == "hi"
+    assert tokenizer.decode(encoded.batch["input_ids"][0][encoded.marked[0]]).strip() == "bomb"
+
+
+def test_errors_name_the_problem(llava):
+    _, processor = llava
+    with pytest.raises(ValueError, match="either an image or a text"):
+        Prompt("q", image=True, text="t")
+    with pytest.raises(ValueError, match="mark"):
+        Prompt("q", text="abc", marks=(("text", 2, 9),))
+    with pytest.raises(ValueError, match="1 prompts have image=True but 0 images"):
+        encode_prompts(processor, [Prompt("q", image=True)])
+    _, tokenizer = tiny_llm("llama")
+    with pytest.raises(ValueError, match="bare tokenizer"):
+        encode_prompts(tokenizer, [Prompt("q", image=True)], [object()])

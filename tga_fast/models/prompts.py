@@ -1,0 +1,164 @@
+"""Single-turn requests rendered through the model's own chat template, with token spans of every piece.
+
+One place builds the prompts of the analyses, the DSR evaluation and the toy world, so that "the same prompt with
+the text in place of the image" means the same thing everywhere. The layout follows METHOD.md section 4:
+
+    [system]  user: ["Retrieved Text: " + retrieved + ". "] [<image> | text + "\\n"] question   assistant:
+
+Spans are found by character ranges in the rendered prompt (never by token offsets), so any chat template works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from tga_fast.models.spans import Spans, encode_with_spans, locate_pieces
+
+__all__ = ["EncodedPrompts", "Prompt", "encode_prompts", "render_prompt"]
+
+RETRIEVED_PREFIX = "Retrieved Text: "
+PIECES = ("retrieved", "text", "question")  # span names, in prompt order; absent pieces get the empty span
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One user request.
+
+    Attributes:
+        question: the request, e.g. "How do I use this?".
+        image: True when an image stands before the question (its pixels go to :func:`encode_prompts`).
+        text: text standing where the image would be (the text condition of METHOD.md 3D), or None.
+        retrieved: retrieved text put first as ``"Retrieved Text: <retrieved>. "``, or None.
+        system: a system prompt (a safety prompt, say), or None.
+        marks: character ranges ``(field, start, end)`` inside ``text``, ``question`` or ``retrieved`` (toxic
+            words, say); they become the ``marked`` token mask of :func:`encode_prompts`.
+    """
+
+    question: str
+    image: bool = False
+    text: str | None = None
+    retrieved: str | None = None
+    system: str | None = None
+    marks: tuple[tuple[str, int, int], ...] = field(default=())
+
+    def __post_init__(self):
+        if self.image and self.text is not None:
+            raise ValueError("a Prompt has either an image or a text in its place, not both")
+        for mark in self.marks:
+            name, start, end = mark
+            value = getattr(self, name, None) if name in PIECES else None
+            if not isinstance(value, str) or not 0 <= start <= end <= len(value):
+                raise ValueError(f"mark {mark} is not a character range of the prompt's {name!r} field")
+
+
+def _is_processor(processor) -> bool:
+    return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
+
+
+def render_prompt(processor, prompt: Prompt) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``(text, ranges)``: the rendered prompt (generation prompt added) and the character range of each piece
+    of :data:`PIECES` plus ``mark<i>`` per mark (``(0, 0)`` when absent), in the unexpanded text.
+
+    A processor renders a content list (text and image items, as LLaVA templates expect); a bare tokenizer gets a
+    plain string, and then an image is an error.
+    """
+    items: list[tuple[str, str | None]] = []  # (kind, text); kind "text" or "image"
+    if prompt.retrieved is not None:
+        items.append(("text", f"{RETRIEVED_PREFIX}{prompt.retrieved}. "))
+    if prompt.image:
+        items.append(("image", None))
+    if prompt.text is not None:
+        items.append(("text", prompt.text + "\n"))
+    items.append(("text", prompt.question))
+
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    if _is_processor(processor):
+        content = [{"type": "image"} if kind == "image" else {"type": "text", "text": text} for kind, text in items]
+        messages.append({"role": "user", "content": content})
+        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        if prompt.image:
+            raise ValueError("Prompt.image is set but a bare tokenizer was given (pass the model's processor)")
+        messages.append({"role": "user", "content": "".join(text for _, text in items)})
+        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    start = 0
+    if prompt.system:  # the system prompt may repeat words of the request: search after it
+        start = locate_pieces(rendered, [("system", prompt.system)])["system"][1]
+    present = [(name, getattr(prompt, name)) for name in PIECES if getattr(prompt, name) is not None]
+    found = locate_pieces(rendered, present, start=start)
+    ranges = {name: found.get(name, (0, 0)) for name in PIECES}
+    for i, (name, mark_start, mark_end) in enumerate(prompt.marks):
+        offset = ranges[name][0]
+        ranges[f"mark{i}"] = (offset + mark_start, offset + mark_end) if mark_end > mark_start else (0, 0)
+    return rendered, ranges
+
+
+@dataclass
+class EncodedPrompts:
+    """A tokenized batch of prompts.
+
+    Attributes:
+        batch: the processor's ``BatchEncoding`` (``input_ids``/``attention_mask`` ``[B, T]``, ``pixel_values``
+            when images were given), padded on the tokenizer's ``padding_side``.
+        spans: ``Spans`` ``[B, S, 2]`` named ``image`` (when the model has an image token), ``retrieved``,
+            ``text``, ``question``; an absent piece is the empty span ``(0, 0)``.
+        marked: bool ``[B, T]``, the tokens overlapping any of the prompt's marks.
+        texts: the rendered prompts.
+    """
+
+    batch: dict
+    spans: Spans
+    marked: torch.Tensor
+    texts: list[str]
+
+    @property
+    def last_positions(self) -> torch.Tensor:
+        """int64 ``[B]``: the last non-padding position of each sample (where the answer starts)."""
+        mask = self.batch["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        return torch.where(mask.bool(), positions, -1).amax(dim=1)
+
+
+def encode_prompts(
+    processor,
+    prompts: Sequence[Prompt],
+    images: Sequence | None = None,
+    *,
+    image_token_id: int | None = None,
+    **encode_kwargs,
+) -> EncodedPrompts:
+    """Renders and tokenizes ``prompts`` (one image per prompt with ``image=True``, in order, in ``images``).
+
+    A batch mixes image and text-only prompts only if the processor allows it; ``image_token_id`` (from
+    ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span.
+    """
+    if not prompts:
+        raise ValueError("prompts is empty")
+    needed = sum(p.image for p in prompts)
+    given = 0 if images is None else len(images)
+    if needed != given:
+        raise ValueError(f"{needed} prompts have image=True but {given} images were given")
+    rendered = [render_prompt(processor, p) for p in prompts]
+    most_marks = max(len(p.marks) for p in prompts)
+    texts, pieces = [], []
+    for text, ranges in rendered:
+        for i in range(most_marks):
+            ranges.setdefault(f"mark{i}", (0, 0))
+        texts.append(text)
+        pieces.append(ranges)
+    batch, spans = encode_with_spans(
+        processor, texts, pieces, images=list(images) if needed else None, image_token_id=image_token_id,
+        **encode_kwargs,
+    )
+    mark_names = [f"mark{i}" for i in range(most_marks)]
+    seq_len = batch["input_ids"].shape[1]
+    if mark_names:
+        marked = spans.mask(seq_len, *mark_names)
+    else:
+        marked = torch.zeros(len(prompts), seq_len, dtype=torch.bool)
+    keep = [n for n in spans.names if n not in mark_names]
+    return EncodedPrompts(batch=batch, spans=spans.select(*keep), marked=marked, texts=texts)
