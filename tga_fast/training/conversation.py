@@ -1,0 +1,253 @@
+"""Multi-turn LLaVA conversations rendered through the model's chat template and tokenized with their labels
+and spans (METHOD.md section 4).
+
+The first user turn carries the retrieved text and the image, then the question; later turns are as they are:
+
+    user:      "Retrieved Text: " + retrieved + ". "  <image>  question_0
+    assistant: answer_0 <end of turn>            <- labels
+    user:      question_1
+    assistant: answer_1 <end of turn>            <- labels
+
+Every position is found by character range in the rendered text and mapped to tokens through the offset mapping
+(:func:`tga_fast.models.spans.encode_with_spans`), so any chat template works and no token offset is assumed.
+The labels are the answers' tokens plus the end-of-turn token the template puts right after each answer (``</s>``,
+``<|eot_id|>``, ``<|im_end|>``...: the first non-blank token after the answer when it is a special token other
+than bos / pad / the image token).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from tga_fast.models.prompts import RETRIEVED_PREFIX, Prompt, render_prompt
+from tga_fast.models.spans import encode_with_spans, locate_pieces
+
+__all__ = [
+    "EncodedSample",
+    "RenderedConversation",
+    "Turn",
+    "encode_caption",
+    "encode_conversation",
+    "end_of_turn_ids",
+    "image_token_id_of",
+    "render_conversation",
+]
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+_warned_order = False
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange: the user's ``question`` and the assistant's ``answer`` (both stripped)."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class RenderedConversation:
+    """``text``: the rendered conversation; ``ranges``: character ranges in it (unexpanded image placeholder) of
+    ``retrieved`` ((0, 0) when absent) and ``answer0``, ``answer1``, ... one per turn."""
+
+    text: str
+    ranges: dict[str, tuple[int, int]]
+
+
+@dataclass
+class EncodedSample:
+    """One training sample, tokenized, unpadded (the collator pads). A dataclass, not a dict, so that the
+    Trainer's unused-column removal leaves it whole.
+
+    Attributes:
+        key: the record's id (or ``line N`` / ``item N``).
+        input_ids, labels: int64 ``[T]``; labels are -100 off the answers.
+        student_spans: int64 ``[2, 2]``, the (image, retrieved) token spans, (0, 0) when absent.
+        teacher_input_ids: int64 ``[Tt]``, the caption-only prompt.
+        teacher_spans: int64 ``[1, 2]``, the caption's token span in it, (0, 0) when there is no caption.
+        align: the alignment terms apply (image, caption, not toxic).
+        has_retrieved: a retrieved text is in the prompt.
+        image_inputs: the processor's per-image outputs (``pixel_values`` ``[1, ...]``, ``image_sizes`` ...); empty
+            for a text-only sample.
+        token_inputs: the processor's other per-token outputs (``token_type_ids`` ...), ``[T]`` each.
+    """
+
+    key: str
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    student_spans: torch.Tensor
+    teacher_input_ids: torch.Tensor
+    teacher_spans: torch.Tensor
+    align: bool
+    has_retrieved: bool
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _is_processor(processor) -> bool:
+    return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def image_token_id_of(processor) -> int | None:
+    """The image placeholder token id of a processor (None for a bare tokenizer)."""
+    if not _is_processor(processor):
+        return None
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None and getattr(processor, "image_token", None):
+        token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return token_id
+
+
+def end_of_turn_ids(processor) -> frozenset[int]:
+    """Special tokens that may close an assistant turn: every special added token except bos, pad and image."""
+    tokenizer = _tokenizer(processor)
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    special.update(i for i in (tokenizer.eos_token_id,) if i is not None)
+    excluded = {tokenizer.bos_token_id, tokenizer.pad_token_id, image_token_id_of(processor)}
+    return frozenset(special - excluded)
+
+
+def _messages(processor, turns: Sequence[Turn], image: bool, retrieved: str | None, upto: int | None = None):
+    """Chat messages (content lists for a processor, strings for a bare tokenizer) of the first ``upto`` messages."""
+    as_list = _is_processor(processor)
+    messages = []
+    for i, turn in enumerate(turns):
+        items: list[dict] = []
+        if i == 0 and retrieved is not None:
+            items.append({"type": "text", "text": f"{RETRIEVED_PREFIX}{retrieved}. "})
+        if i == 0 and image:
+            items.append({"type": "image"})
+        items.append({"type": "text", "text": turn.question})
+        answer = [{"type": "text", "text": turn.answer}]
+        if as_list:
+            messages += [{"role": "user", "content": items}, {"role": "assistant", "content": answer}]
+        else:
+            messages += [
+                {"role": "user", "content": "".join(item["text"] for item in items)},
+                {"role": "assistant", "content": turn.answer},
+            ]
+    return messages if upto is None else messages[:upto]
+
+
+def render_conversation(
+    processor, turns: Sequence[Turn], *, image: bool, retrieved: str | None
+) -> RenderedConversation:
+    """Renders ``turns`` with the tokenizer's chat template and finds the retrieved text and every answer.
+
+    An answer is searched after the rendering of the conversation up to its assistant header (the generation
+    prompt), so a short answer ("A", "Yes") is not mistaken for a piece of the template; templates whose prefix
+    renders differently fall back to searching after the previous piece.
+    """
+    if not turns:
+        raise ValueError("a conversation needs at least one turn")
+    if image and not _is_processor(processor):
+        raise ValueError("an image sample needs the model's processor, not a bare tokenizer")
+    messages = _messages(processor, turns, image, retrieved)
+    text = processor.apply_chat_template(messages, tokenize=False)
+    ranges: dict[str, tuple[int, int]] = {"retrieved": (0, 0)}
+    cursor = 0
+    if retrieved is not None:
+        # Without the trailing ". ": a template that trims content items must not make the search fail.
+        prefixed = locate_pieces(text, [("prefixed", f"{RETRIEVED_PREFIX}{retrieved}")])["prefixed"]
+        start = prefixed[0] + len(RETRIEVED_PREFIX)
+        ranges["retrieved"] = (start, start + len(retrieved))
+        cursor = ranges["retrieved"][1]
+        _check_order(processor, text, cursor, image)
+    for i, turn in enumerate(turns):
+        head = processor.apply_chat_template(
+            messages[: 2 * i + 1], tokenize=False, add_generation_prompt=True
+        )
+        start = len(head) if text.startswith(head) else cursor
+        ranges[f"answer{i}"] = locate_pieces(text, [("answer", turn.answer)], start=max(start, cursor))["answer"]
+        cursor = ranges[f"answer{i}"][1]
+    return RenderedConversation(text, ranges)
+
+
+def _check_order(processor, text: str, retrieved_end: int, image: bool) -> None:
+    """Warns once when the chat template moves the image before the retrieved text (llava-hf's templates print
+    every image first): the prompt then differs from METHOD.md's "Retrieved Text: ... <image>"."""
+    global _warned_order
+    placeholder = getattr(processor, "image_token", None)
+    if image and placeholder and not _warned_order and 0 <= text.find(placeholder) < retrieved_end:
+        _warned_order = True
+        logger.warning(
+            "the chat template renders the image before the retrieved text; the prompt is not METHOD.md's "
+            "'Retrieved Text: <retrieved>. <image>\\n<question>' (use a template that keeps content order)"
+        )
+
+
+def _encode_kwargs(tokenizer, text: str) -> dict:
+    # A template that already printed the bos token must not get a second one from the tokenizer (what
+    # apply_chat_template(tokenize=True) does too).
+    bos = tokenizer.bos_token
+    return {"add_special_tokens": not (bos and text.startswith(bos))}
+
+
+def encode_caption(processor, caption: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher prompt: the caption alone as the user turn (no image, no answer) in the same chat template.
+
+    Returns ``(input_ids [Tt], span [1, 2])``; without a caption the prompt holds an empty user turn and the span
+    is (0, 0).
+    """
+    tokenizer = _tokenizer(processor)
+    # Rendered by the processor when there is one: its chat template is the student's (a llava-hf tokenizer may
+    # have none of its own); tokenized by the tokenizer, as there is no image.
+    text, ranges = render_prompt(processor, Prompt(question=caption or ""))
+    pieces = [{"caption": ranges["question"]}]
+    batch, spans = encode_with_spans(tokenizer, [text], pieces, **_encode_kwargs(tokenizer, text))
+    return batch["input_ids"][0], spans.tensor[0]
+
+
+def encode_conversation(
+    processor,
+    rendered: RenderedConversation,
+    image=None,
+    *,
+    image_token_id: int | None,
+    end_of_turn: frozenset[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, dict]:
+    """Tokenizes a rendered conversation (with its image, a PIL image or None).
+
+    Returns ``(input_ids [T], labels [T], student_spans [2, 2], image_inputs, token_inputs)``: labels hold the
+    answers' tokens and their end-of-turn token, -100 elsewhere; the spans are (image, retrieved).
+    """
+    tokenizer = _tokenizer(processor)
+    names = list(rendered.ranges)
+    batch, spans = encode_with_spans(
+        processor,
+        [rendered.text],
+        [rendered.ranges],
+        images=[image] if image is not None else None,
+        image_token_id=image_token_id,
+        **_encode_kwargs(tokenizer, rendered.text),
+    )
+    input_ids = batch.pop("input_ids")[0]
+    batch.pop("attention_mask", None)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    length = input_ids.shape[0]
+    for name in names:
+        if not name.startswith("answer"):
+            continue
+        start, end = spans[name][0].tolist()
+        if end == start:
+            continue
+        labels[start:end] = input_ids[start:end]
+        after = end
+        while after < length and not tokenizer.decode(input_ids[after : after + 1]).strip():
+            after += 1  # blank tokens between the answer and the end-of-turn token
+        if after < length and int(input_ids[after]) in end_of_turn:
+            labels[end : after + 1] = input_ids[end : after + 1]
+    image_span = spans["image"][0] if "image" in spans.names else torch.zeros(2, dtype=torch.int64)
+    student_spans = torch.stack([image_span, spans["retrieved"][0]])
+    token_inputs = {k: v[0] for k, v in batch.items() if v.dim() == 2 and v.shape[1] == length and k != "image_sizes"}
+    image_inputs = {k: v for k, v in batch.items() if k not in token_inputs}
+    return input_ids, labels, student_spans, image_inputs, token_inputs
