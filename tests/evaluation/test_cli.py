@@ -1,0 +1,56 @@
+"""``python -m tga_fast eval dsr`` in a subprocess: writes result.json + figure.png, logs bad data lines, and
+fails clearly on a missing model path."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.evaluation.conftest import write_eval_set
+
+
+def _run(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "tga_fast", "eval", "dsr", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_eval_dsr(llava_dir, tmp_path):
+    data = write_eval_set(tmp_path / "data", extra_lines=['{"broken'])
+    out = tmp_path / "out"
+    done = _run("--model", llava_dir, "--data", data, "--out", out, "--device", "cpu", "--max-new-tokens", "3",
+                "--batch-size", "2", "--condition", "text", "--with-retrieved", "--keywords", "extended",
+                "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "DSR" in done.stdout and "wrote" in done.stdout
+    assert "line 5" in done.stderr or "skipped: 5" in done.stderr, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["records"]) == 4 and result["settings"]["bad_lines"] == [5]
+    assert result["settings"]["condition"] == "text" and result["settings"]["with_retrieved"] is True
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+    missing = _run("--model", tmp_path / "no-model", "--data", data, "--out", out)
+    assert missing.returncode == 2
+    assert "no-model does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_in_process_logit_judge_and_errors(llava_dir, tmp_path, capsys):
+    from tga_fast.cli import main
+
+    data = write_eval_set(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(data), "--out", str(out), "--device", "cpu",
+                 "--judge", "logit", "--threshold", "0", "--no-progress"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert all(r["verdict"] and r["response"] == "" and 0 <= r["score"] <= 1 for r in result["records"])
+    assert "LogitJudge" in result["settings"]["judge"] and "DSR 1.000" in capsys.readouterr().out
+
+    family = tmp_path / "gpt2"
+    family.mkdir()
+    (family / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert main(["eval", "dsr", "--model", str(family), "--data", str(data), "--out", str(out)]) == 2
+    assert "unsupported model family 'gpt2'" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("{}\n")
+    assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(empty), "--out", str(out)]) == 2
+    assert "no valid line" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+"""load_model: local HF folders only, supported families only, processor vs tokenizer, bitsandbytes options."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from tga_fast.models import supported_model_types
+from tga_fast.models.loading import load_model
+from tga_fast.models.tiny import tiny_llm
+
+
+def test_llava_loads_with_processor_and_same_weights(llava_dir):
+    model, processor = load_model(llava_dir, device="cpu", dtype="bfloat16")
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and not model.training
+    assert type(processor).__name__ == "LlavaProcessor" and processor.chat_template
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
+
+
+def test_llm_loads_with_tokenizer(tmp_path):
+    model, tokenizer = tiny_llm("mistral", layers=1, hidden=32)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_model(tmp_path, device="cpu")
+    from transformers import PreTrainedTokenizerBase
+
+    assert isinstance(loaded_tokenizer, PreTrainedTokenizerBase) and not hasattr(loaded_tokenizer, "image_processor")
+    assert loaded_tokenizer("I'm sorry").input_ids == tokenizer("I'm sorry").input_ids
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        load_model(tmp_path / "no/such/model")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"unsupported model family 'gpt2'.*" + ".*".join(supported_model_types())):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="quantization"):
+        load_model(tmp_path, quantization="3bit")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_4bit_keeps_vision_projector_and_head(llava_dir):
+    try:
+        model, _ = load_model(llava_dir, device="cpu", quantization="4bit")
+    except Exception as error:  # bitsandbytes without a CPU backend
+        pytest.skip(f"bitsandbytes 4-bit on CPU: {error}")
+    quantized = [name for name, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert quantized and all(".language_model.layers." in name for name in quantized)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert all(type(m).__name__ != "Linear4bit" for m in model.model.vision_tower.modules())

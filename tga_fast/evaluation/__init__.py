@@ -1,0 +1,37 @@
+"""Evaluation: refusal judges, batched generation, the JSONL evaluation format and the defense success rate.
+
+    data = load_eval_set("eval.jsonl")                       # format: tga_fast.evaluation.data
+    result = evaluate_dsr(model, processor, data.samples, condition="image", judge=KeywordJudge("gcg"))
+    result.save("out/")                                       # result.json + figure.png
+"""
+
+from tga_fast.evaluation.data import EvalSample, EvalSet, load_eval_set
+from tga_fast.evaluation.dsr import DSRResult, Rate, SampleRecord, dsr_from_verdicts, evaluate_dsr, wilson_interval
+from tga_fast.evaluation.generation import generate_responses
+from tga_fast.evaluation.judges import (
+    REFUSAL_STARTS,
+    HFModelJudge,
+    KeywordJudge,
+    LLMJudge,
+    LogitJudge,
+    refusal_token_ids,
+)
+
+__all__ = [
+    "REFUSAL_STARTS",
+    "DSRResult",
+    "EvalSample",
+    "EvalSet",
+    "HFModelJudge",
+    "KeywordJudge",
+    "LLMJudge",
+    "LogitJudge",
+    "Rate",
+    "SampleRecord",
+    "dsr_from_verdicts",
+    "evaluate_dsr",
+    "generate_responses",
+    "load_eval_set",
+    "refusal_token_ids",
+    "wilson_interval",
+]
