@@ -54,3 +54,19 @@ def test_cli_in_process_logit_judge_and_errors(llava_dir, tmp_path, capsys):
     empty.write_text("{}\n")
     assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(empty), "--out", str(out)]) == 2
     assert "no valid line" in capsys.readouterr().err
+
+
+def test_cli_sampling_is_seeded(llava_dir, tmp_path):
+    from tga_fast.cli import main
+
+    data = write_eval_set(tmp_path / "data")
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(data), "--out", str(out), "--device",
+                     "cpu", "--condition", "text", "--max-new-tokens", "4", "--do-sample", "--temperature", "1.5",
+                     "--seed", "3", "--no-progress"]) == 0
+        runs.append(json.loads((out / "result.json").read_text()))
+    assert runs[0]["settings"]["generation_kwargs"] == {"do_sample": True, "temperature": 1.5, "top_p": 1.0}
+    assert runs[0]["settings"]["seed"] == 3
+    assert [r["response"] for r in runs[0]["records"]] == [r["response"] for r in runs[1]["records"]]

@@ -87,3 +87,26 @@ def test_no_valid_line_and_missing_file(tmp_path):
         load_eval_set(path)
     with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
         load_eval_set(tmp_path / "nothing.jsonl")
+
+
+def test_encoding_faults_blank_optional_fields(tmp_path):
+    """A byte-order mark is fine, a line that is not UTF-8 is one bad line (not a failed load), a blank
+    ``retrieved`` means none (no "Retrieved Text: . " in the prompt), an empty id and an image PIL cannot read are
+    bad lines."""
+    path = write_eval_set(tmp_path)
+    lines = path.read_bytes().splitlines()
+    lines[0] = b"\xef\xbb\xbf" + lines[0]
+    lines.append(_line(id="latin", text="caf\xe9 knife").encode("latin-1").replace(b"\\u00e9", b"\xe9"))
+    lines.append(_line(id="blank", retrieved="  ").encode())
+    lines.append(_line(id="").encode())
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    lines.append(_line(id="broken", image="images/broken.png").encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    data = load_eval_set(path)
+    assert [s.id for s in data.samples] == [r[0] for r in ROWS] + ["blank"]
+    assert data.samples[-1].retrieved is None
+    assert data.samples[-1].to_prompt("text", with_retrieved=True).retrieved is None
+    assert [n for n, _ in data.errors] == [len(ROWS) + 1, len(ROWS) + 3, len(ROWS) + 4]
+    assert "broken.png is not a readable image" in dict(data.errors)[len(ROWS) + 4]
+    assert dict(data.errors)[len(ROWS) + 1].startswith("not UTF-8")
+    assert dict(data.errors)[len(ROWS) + 3] == "field 'id' is empty"

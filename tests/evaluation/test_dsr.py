@@ -3,8 +3,10 @@ verdicts, JSON round trips, and evaluate_dsr end to end on a tiny LLaVA saved to
 
 import json
 import math
+import statistics
 
 import pytest
+import torch
 
 from tga_fast.evaluation.data import load_eval_set
 from tga_fast.evaluation.dsr import DSRResult, Rate, SampleRecord, dsr_from_verdicts, evaluate_dsr, wilson_interval
@@ -25,7 +27,7 @@ def _wilson_by_roots(k, n, z):
 @pytest.mark.parametrize("k,n", [(0, 10), (5, 10), (10, 10), (81, 100), (1, 3), (999, 1000)])
 def test_wilson_matches_the_score_test_roots(k, n):
     low, high = wilson_interval(k, n)
-    expected = _wilson_by_roots(k, n, 1.959964)
+    expected = _wilson_by_roots(k, n, statistics.NormalDist().inv_cdf(0.975))
     assert low == pytest.approx(expected[0], abs=1e-12) and high == pytest.approx(expected[1], abs=1e-12)
     assert 0.0 <= low <= k / n <= high <= 1.0
 
@@ -126,3 +128,20 @@ def test_evaluate_dsr_llm_and_logit_judges(saved):
     assert all(r.response == "" and 0.0 <= r.score <= 1.0 and r.verdict for r in scored.records)
     with pytest.raises(ValueError, match="condition"):
         evaluate_dsr(model, processor, samples, condition="audio")
+    import dataclasses
+
+    imageless = [dataclasses.replace(samples[0], image_path=None), *samples[1:]]
+    with pytest.raises(ValueError, match="1 samples have no image: \\['knife'\\]"):
+        evaluate_dsr(model, processor, imageless, progress=False)
+
+
+def test_non_finite_scores_and_several_sequences(saved, tmp_path):
+    model, processor, samples = saved
+    judge = LogitJudge(processor)
+    judge.scores = lambda model, encoded: torch.full((len(encoded.texts),), float("nan"))  # an fp16 overflow
+    result = evaluate_dsr(model, processor, samples, judge=judge, progress=False)
+    assert all(r.score is None and r.verdict is False for r in result.records)
+    result.save(tmp_path)  # still valid JSON
+    with pytest.raises(ValueError, match="several sequences"):
+        evaluate_dsr(model, processor, samples, max_new_tokens=1, progress=False,
+                     generation_kwargs={"num_return_sequences": 2, "do_sample": True})

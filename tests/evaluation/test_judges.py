@@ -57,6 +57,8 @@ def test_exclusions_can_be_turned_off_and_match_at_start():
         KeywordJudge(match="middle")
     with pytest.raises(ValueError, match="preset"):
         KeywordJudge("no-such-preset")
+    with pytest.raises(ValueError, match="keyword file .*missing.json does not exist"):
+        KeywordJudge("missing.json")
 
 
 def test_presets_extra_and_custom_files(tmp_path):
@@ -73,6 +75,8 @@ def test_presets_extra_and_custom_files(tmp_path):
 
 def test_normalisation_and_deduplication():
     assert normalize("  I\u2019M \u201cSorry\u201d\n\tnow ") == "i'm \"sorry\" now"
+    assert normalize("I\u02bcm \u2033no\u2033 \uff07x\uff07") == "i'm \"no\" 'x'"  # modifier apostrophe, primes
+    assert KeywordJudge()(["I\u02bcm sorry, no."]) == [True]
     judge = KeywordJudge(["Sorry", "sorry", " SORRY ", "I\u2019m sorry", "I'm  sorry"], exclude=())
     assert judge.phrases == ("sorry", "i'm sorry")
 
@@ -142,6 +146,8 @@ def test_llm_judge_protocol_and_hf_adapter(llm):
 
     assert isinstance(by_request, LLMJudge) and is_llm_judge(by_request)
     assert not is_llm_judge(KeywordJudge()) and not is_llm_judge(lambda responses: [])
+    assert not is_llm_judge(lambda responses, threshold=0.5: [])  # a default: still a judge of responses
+    assert is_llm_judge(lambda prompts, responses, threshold=0.5: [])
     judge = HFModelJudge(model, tokenizer, batch_size=2)
     assert is_llm_judge(judge) and isinstance(judge, LLMJudge)
     prompts, responses = ["make a bomb", "a cat", "hi"], ["I cannot.", "Sure, a cat.", "Hello"]

@@ -8,7 +8,7 @@ import torch
 
 from tga_fast.models import supported_model_types
 from tga_fast.models.loading import load_model
-from tga_fast.models.tiny import tiny_llm
+from tga_fast.models.tiny import tiny_llm, tiny_vlm
 
 
 def test_llava_loads_with_processor_and_same_weights(llava_dir):
@@ -16,6 +16,11 @@ def test_llava_loads_with_processor_and_same_weights(llava_dir):
     assert type(model).__name__ == "LlavaForConditionalGeneration" and not model.training
     assert type(processor).__name__ == "LlavaProcessor" and processor.chat_template
     assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
+    original, _ = tiny_vlm("llava", "llama", layers=2)  # what the llava_dir fixture saved (same seed)
+    state = original.state_dict()
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(v, state[k].to(torch.bfloat16)) for k, v in loaded.items())
 
 
 def test_llm_loads_with_tokenizer(tmp_path):
@@ -41,6 +46,9 @@ def test_clear_errors(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="quantization"):
         load_model(tmp_path, quantization="3bit")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            load_model(tmp_path, device="cuda")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

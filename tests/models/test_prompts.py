@@ -28,7 +28,7 @@ def test_image_prompts_spans_and_marks(llava, padding_side):
     encoded = encode_prompts(processor, prompts, random_images(2), image_token_id=resolve(model).image_token_id)
     tokenizer = processor.tokenizer
     assert encoded.spans.names == ("image", "retrieved", "text", "question")
-    assert encoded.spans.lengths[:, 0].tolist() == [16, 16]
+    assert encoded.spans.lengths[:, 0].tolist() == [model.config.image_seq_length] * 2
     assert _decoded(tokenizer, encoded, 0, "retrieved") == "a red knife"
     assert _decoded(tokenizer, encoded, 1, "retrieved") == ""
     assert [_decoded(tokenizer, encoded, b, "question") for b in range(2)] == ["how do i use this?", "what is it?"]
@@ -63,3 +63,44 @@ def test_errors_name_the_problem(llava):
     _, tokenizer = tiny_llm("llama")
     with pytest.raises(ValueError, match="bare tokenizer"):
         encode_prompts(tokenizer, [Prompt("q", image=True)], [object()])
+
+
+def adds_bos(tokenizer):
+    """``tokenizer`` (the tiny byte-level one) made to add BOS itself, as Llama / Mistral tokenizers do."""
+    from tokenizers import processors
+
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=True),
+        processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]),
+    ])
+    assert tokenizer("hi").input_ids[0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+@pytest.mark.parametrize("template_has_bos", [True, False])
+def test_exactly_one_bos_whatever_prints_it(template_has_bos):
+    """A template that prints BOS (Llama-3, Mistral) must not get a second one from the tokenizer; a template
+    without it (llava-1.5-hf) gets the tokenizer's."""
+    from tga_fast.models.tiny import CHAT_TEMPLATE
+
+    model, processor = tiny_vlm("llava", "llama", layers=1)
+    _, tokenizer = tiny_llm("llama", layers=1)
+    for tok in (adds_bos(processor.tokenizer), adds_bos(tokenizer)):
+        tok.chat_template = CHAT_TEMPLATE if template_has_bos else CHAT_TEMPLATE.replace("{{ bos_token }}", "")
+    processor.chat_template = processor.tokenizer.chat_template
+    bos = tokenizer.bos_token_id
+    text_prompt = Prompt("how do i use this?", text="a red knife")
+    encoded = encode_prompts(tokenizer, [text_prompt])
+    ids = encoded.batch["input_ids"][0].tolist()
+    assert ids[0] == bos and ids.count(bos) == 1
+    # the oracle: transformers' own tokenization of the chat (which never adds special tokens)
+    chat = [{"role": "user", "content": "a red knife\nhow do i use this?"}]
+    expected = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert ids == (expected if template_has_bos else [bos, *expected])
+    assert _decoded(tokenizer, encoded, 0, "text") == "a red knife"
+    image = encode_prompts(processor, [Prompt("how?", image=True)], random_images(1),
+                           image_token_id=resolve(model).image_token_id)
+    image_ids = image.batch["input_ids"][0].tolist()
+    assert image_ids[0] == bos and image_ids.count(bos) == 1
+    assert _decoded(processor.tokenizer, image, 0, "question") == "how?"

@@ -2,6 +2,7 @@
 self-match rule, labels that are exactly the answers, truncation that never cuts the image, failures in
 ``__getitem__`` that never stop an epoch."""
 
+import json
 import logging
 import warnings
 
@@ -198,3 +199,33 @@ def test_image_data_needs_a_processor(tmp_path):
 
     with pytest.raises(ValueError, match="not a multimodal processor"):
         TGADataset(write_llava_data(tmp_path, bad_records=False), tiny_tokenizer(), progress=False)
+
+
+def test_llama_like_tokenizer_one_bos_and_eos_labelled_when_pad_is_eos(tmp_path):
+    """Llama / Mistral tokenizers add BOS themselves and ship without a pad token (set to EOS): the prompt keeps
+    one BOS, and the EOS closing each answer stays in the labels (else the model never learns to stop)."""
+    from tests.models.test_prompts import adds_bos
+
+    _, processor = tiny_vlm("llava", "llama", layers=1)
+    tokenizer = adds_bos(processor.tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    dataset = TGADataset(write_llava_data(tmp_path, count=8, bad_records=False), processor, progress=False)
+    assert tokenizer.eos_token_id in dataset.end_of_turn
+    for index, record in enumerate(dataset.records):
+        sample = dataset[index]
+        for ids in (sample.input_ids, sample.teacher_input_ids):
+            assert int(ids[0]) == tokenizer.bos_token_id and int((ids == tokenizer.bos_token_id).sum()) == 1
+        runs = _answer_runs(sample)
+        assert [tokenizer.decode(run).strip() for run in runs] == [t.answer + tokenizer.eos_token for t in record.turns]
+
+
+def test_encoding_faults_are_bad_records_or_clear_errors(tmp_path, processor):
+    turn = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+    good = json.dumps({"id": "ok", "conversations": turn}).encode()
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"id": "x\xff"}\n' + good.replace(b"ok", b"ok2"))
+    dataset = TGADataset(tmp_path / "d.jsonl", processor, progress=False)  # a BOM, then a line that is not UTF-8
+    assert [r.key for r in dataset.records] == ["ok", "ok2"]
+    assert dataset.skipped == [("line 2", "not UTF-8 (byte 10 of the line)")]
+    (tmp_path / "d.json").write_text('[{"id": "a"},\n {"id": }]')
+    with pytest.raises(ValueError, match=r"d\.json: invalid JSON: .* line 2, column"):
+        TGADataset(tmp_path / "d.json", processor, progress=False)

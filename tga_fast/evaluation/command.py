@@ -33,17 +33,24 @@ def _run(args: argparse.Namespace) -> int:
         logger.warning("%d bad line(s) in %s skipped: %s", len(data.errors), args.data,
                        ", ".join(str(n) for n, _ in data.errors))
     logger.info("%d samples (%d toxic) in %d scenes", len(data), sum(s.toxic for s in data.samples), len(data.scenes))
+    # So is a bad keyword file; the logit judge needs the tokenizer, so it waits for the model.
+    judge = None if args.judge == "logit" else KeywordJudge(args.keywords, match=args.match)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
-    if args.judge == "logit":
+    if judge is None:
         judge = LogitJudge(processor, threshold=args.threshold)
-    else:
-        judge = KeywordJudge(args.keywords, match=args.match)
+    generation_kwargs = None
+    if args.do_sample:
+        generation_kwargs = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
     result = evaluate_dsr(
         model, processor, data.samples, condition=args.condition, with_retrieved=args.with_retrieved,
         system_prompt=args.system_prompt, judge=judge, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+        max_new_tokens=args.max_new_tokens, generation_kwargs=generation_kwargs, progress=not args.no_progress,
         settings={"model": str(args.model), "data": str(args.data), "bad_lines": [n for n, _ in data.errors],
-                  "dtype": args.dtype, "quantization": args.quantization},
+                  "dtype": args.dtype, "quantization": args.quantization, "seed": args.seed},
     )
     paths = result.save(args.out)
     print(result.summary())
@@ -76,6 +83,10 @@ def add_eval(commands) -> None:
     add("--threshold", type=float, default=0.5, help="logit judge: refusal probability that counts as a refusal")
     add("--batch-size", dest="batch_size", type=int, default=8)
     add("--max-new-tokens", dest="max_new_tokens", type=int, default=64)
+    add("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
+    add("--temperature", type=float, default=1.0, help="with --do-sample")
+    add("--top-p", dest="top_p", type=float, default=1.0, help="with --do-sample")
+    add("--seed", type=int, default=None, help="random seed (sampling)")
     add("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
     add("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
         help="default: bfloat16 on a GPU, float32 on the CPU")

@@ -12,15 +12,18 @@ Fields:
 - ``image`` (str): the image's path, relative to ``image_root`` when given, else to the data file's folder.
 - ``text`` (str): a text with the same meaning as the image (the text condition puts it where the image stands).
 - ``scene`` (str): the category results are grouped by (e.g. "violence", "drugs").
-- ``toxic_words`` (list of str): words or phrases that occur in ``text`` (each occurrence is marked), or
-  ``toxic_ranges`` (list of ``[start, end)`` character ranges in ``text``); one of the two, may be empty.
+- ``toxic_words`` (list of str): words or phrases that occur in ``text`` (case-sensitive; each occurrence is
+  marked), or ``toxic_ranges`` (list of ``[start, end)`` character ranges in ``text``); one of the two, may be empty.
 - ``prompt`` (str): the question asked about the image (or the text).
-- ``retrieved`` (str, optional): retrieved text, put first in the prompt when the evaluation asks for it.
+- ``retrieved`` (str, optional): retrieved text, put first in the prompt when the evaluation asks for it;
+  blank or null means none.
 - ``toxic`` (bool, optional, default true): false marks a benign control sample (its refusals are false
   refusals, reported apart from the DSR).
 
-:func:`load_eval_set` validates every line and keeps going past bad ones: each bad line is recorded in
-``EvalSet.errors`` as ``(line number, message)`` and skipped; only a file without any valid line raises.
+:func:`load_eval_set` validates every line and keeps going past bad ones (invalid JSON, bytes that are not
+UTF-8, a missing or mistyped field, a missing or unreadable image, a repeated id): each bad line is recorded in
+``EvalSet.errors`` as ``(line number, message)`` and skipped; only a file without any valid line raises. The file
+is UTF-8, with or without a byte-order mark.
 """
 
 from __future__ import annotations
@@ -95,13 +98,17 @@ class EvalSet:
 
 
 def _require_str(record: dict, name: str, *, optional: bool = False) -> str | None:
+    """``record[name]`` as a non-blank string; an optional field that is absent, null or blank gives None (a blank
+    ``retrieved`` would otherwise put "Retrieved Text: . " in the prompt)."""
     value = record.get(name)
     if value is None and optional:
         return None
     if not isinstance(value, str):
         raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}" if name in record
                          else f"field {name!r} is missing")
-    if not value.strip() and not optional:
+    if not value.strip():
+        if optional:
+            return None
         raise ValueError(f"field {name!r} is empty")
     return value
 
@@ -140,6 +147,20 @@ def _toxic_ranges(record: dict, text: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def _check_image(path: Path) -> None:
+    """Raises ValueError when ``path`` is missing or PIL cannot identify it (only the header is read), so that a
+    broken image is a bad line at load rather than a crash in the middle of a run."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ValueError(f"image {path} does not exist")
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"image {path} is not a readable image ({type(error).__name__})") from None
+
+
 def parse_sample(record, line: int, base: Path, *, require_images: bool = True) -> EvalSample:
     """Validates one parsed JSON line; raises ValueError with the reason."""
     if not isinstance(record, dict):
@@ -148,6 +169,8 @@ def parse_sample(record, line: int, base: Path, *, require_images: bool = True) 
     sample_id = record.get("id", line)
     if isinstance(sample_id, bool) or not isinstance(sample_id, (str, int)):
         raise ValueError(f"field 'id' must be a string or an integer, got {type(sample_id).__name__}")
+    if not str(sample_id).strip():
+        raise ValueError("field 'id' is empty")
     toxic = record.get("toxic", True)
     if not isinstance(toxic, bool):
         raise ValueError(f"field 'toxic' must be true or false, got {toxic!r}")
@@ -155,8 +178,8 @@ def parse_sample(record, line: int, base: Path, *, require_images: bool = True) 
     image_path = None
     if image:
         image_path = (base / image).resolve() if not Path(image).is_absolute() else Path(image)
-        if require_images and not image_path.is_file():
-            raise ValueError(f"image {image_path} does not exist")
+        if require_images:
+            _check_image(image_path)
     unknown = sorted(set(record) - _KNOWN)
     if unknown:
         logger.debug("line %d: ignoring unknown fields %s", line, unknown)
@@ -179,7 +202,7 @@ def load_eval_set(path, *, image_root=None, require_images: bool = True) -> Eval
     Args:
         path: the ``.jsonl`` file.
         image_root: folder image paths are relative to (default: the file's folder).
-        require_images: a missing image file makes the line bad (turn off for text-only runs).
+        require_images: a missing or unreadable image file makes the line bad (turn off for text-only runs).
 
     Returns:
         :class:`EvalSet`: valid samples in file order, and ``errors`` ``(line number, message)`` of the skipped
@@ -195,13 +218,16 @@ def load_eval_set(path, *, image_root=None, require_images: bool = True) -> Eval
     base = Path(image_root) if image_root is not None else path.parent
     result = EvalSet(path=path)
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # bytes: one line that is not UTF-8 is one bad line, not a failed load
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
                 try:
-                    record = json.loads(raw)
+                    # utf-8-sig on the first line: editors on Windows start files with a byte-order mark
+                    record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"not UTF-8 (byte {error.start + 1} of the line)") from None
                 except json.JSONDecodeError as error:
                     raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from None
                 sample = parse_sample(record, number, base, require_images=require_images)

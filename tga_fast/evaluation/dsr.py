@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from tga_fast.evaluation.data import CONDITIONS, EvalSample
 
 __all__ = ["DSRResult", "Rate", "SampleRecord", "dsr_from_verdicts", "evaluate_dsr", "wilson_interval"]
 
-Z95 = 1.959964  # the standard normal's 97.5% quantile
+logger = logging.getLogger(__name__)
+Z95 = 1.9599639845400536  # the standard normal's 97.5% quantile, statistics.NormalDist().inv_cdf(0.975)
 
 
 def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
@@ -243,6 +245,10 @@ def evaluate_dsr(
     samples = list(samples)
     if not samples:
         raise ValueError("samples is empty")
+    if condition == "image":  # fail before any generation, not at the batch that reaches the sample
+        missing = [s.id for s in samples if s.image_path is None]
+        if missing:
+            raise ValueError(f"condition 'image' but {len(missing)} samples have no image: {missing[:10]}")
     judge = KeywordJudge() if judge is None else judge
     prompts = [s.to_prompt(condition, with_retrieved=with_retrieved, system_prompt=system_prompt) for s in samples]
     images = _LazyImages(samples) if condition == "image" else None
@@ -265,9 +271,14 @@ def evaluate_dsr(
         verdicts = [bool(v) for v in verdicts]
         if len(verdicts) != len(samples):
             raise ValueError(f"the judge returned {len(verdicts)} verdicts for {len(samples)} responses")
+    # A non-finite score (fp16 overflow in the logits, say) is kept as None: result.json stays valid JSON.
+    not_finite = [s.id for s, score in zip(samples, scores) if score is not None and not math.isfinite(score)]
+    if not_finite:
+        logger.warning("%d samples have a non-finite refusal score (recorded as null, verdict False): %s",
+                       len(not_finite), ", ".join(not_finite[:20]))
     records = [
         SampleRecord(id=s.id, scene=s.scene, toxic=s.toxic, prompt=text, response=response, verdict=bool(verdict),
-                     score=None if score is None else float(score))
+                     score=None if score is None or not math.isfinite(score) else float(score))
         for s, text, response, verdict, score in zip(samples, rendered, responses, verdicts, scores)
     ]
     run_settings = {

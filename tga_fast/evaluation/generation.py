@@ -167,6 +167,9 @@ def generate_responses(
                 with context, torch.no_grad():
                     output = model.generate(**encoded.batch, **kwargs)
                 sequences = output.sequences if hasattr(output, "sequences") else output  # [b, T + new]
+                if sequences.shape[0] != len(chunk):  # num_return_sequences > 1 would misalign the responses
+                    raise ValueError(f"generate returned {sequences.shape[0]} sequences for {len(chunk)} prompts; "
+                                     "generation_kwargs must not ask for several sequences per prompt")
                 new_tokens = sequences[:, encoded.batch["input_ids"].shape[1] :]
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 responses.extend(t.strip() for t in texts)

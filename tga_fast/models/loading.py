@@ -80,7 +80,8 @@ def load_model(path, *, device: str | None = None, dtype=None, quantization: str
 
     Raises:
         FileNotFoundError: ``path`` is not a folder with a ``config.json``.
-        ValueError: the family is not supported (the message lists the supported ones), or a bad option.
+        ValueError: the family is not supported (the message lists the supported ones), a CUDA device without a
+            GPU, or a bad option.
     """
     from transformers import AutoConfig
 
@@ -92,6 +93,8 @@ def load_model(path, *, device: str | None = None, dtype=None, quantization: str
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     device = device or default_device()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but this torch sees no CUDA GPU (use --device cpu)")
     torch_dtype = parse_dtype(dtype, device)
     config = AutoConfig.from_pretrained(folder)
     model_type = _check_family(config)

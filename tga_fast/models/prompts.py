@@ -17,7 +17,7 @@ import torch
 
 from tga_fast.models.spans import Spans, encode_with_spans, locate_pieces
 
-__all__ = ["EncodedPrompts", "Prompt", "encode_prompts", "render_prompt"]
+__all__ = ["EncodedPrompts", "Prompt", "encode_prompts", "render_prompt", "special_tokens_kwargs", "user_content"]
 
 RETRIEVED_PREFIX = "Retrieved Text: "
 PIECES = ("retrieved", "text", "question")  # span names, in prompt order; absent pieces get the empty span
@@ -58,12 +58,12 @@ def _is_processor(processor) -> bool:
     return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
 
 
-def render_prompt(processor, prompt: Prompt) -> tuple[str, dict[str, tuple[int, int]]]:
-    """``(text, ranges)``: the rendered prompt (generation prompt added) and the character range of each piece
-    of :data:`PIECES` plus ``mark<i>`` per mark (``(0, 0)`` when absent), in the unexpanded text.
+def user_content(processor, prompt: Prompt):
+    """The user message's content for ``prompt`` (its system prompt aside): a content list of text and image items
+    (as LLaVA templates expect) for a processor, a plain string for a bare tokenizer (then an image is an error).
 
-    A processor renders a content list (text and image items, as LLaVA templates expect); a bare tokenizer gets a
-    plain string, and then an image is an error.
+    The one place that lays out ``["Retrieved Text: " + retrieved + ". "] [<image> | text + "\\n"] question``: the
+    training conversation's first turn uses it too.
     """
     items: list[tuple[str, str | None]] = []  # (kind, text); kind "text" or "image"
     if prompt.retrieved is not None:
@@ -73,17 +73,34 @@ def render_prompt(processor, prompt: Prompt) -> tuple[str, dict[str, tuple[int, 
     if prompt.text is not None:
         items.append(("text", prompt.text + "\n"))
     items.append(("text", prompt.question))
-
-    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
     if _is_processor(processor):
-        content = [{"type": "image"} if kind == "image" else {"type": "text", "text": text} for kind, text in items]
-        messages.append({"role": "user", "content": content})
-        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        if prompt.image:
-            raise ValueError("Prompt.image is set but a bare tokenizer was given (pass the model's processor)")
-        messages.append({"role": "user", "content": "".join(text for _, text in items)})
-        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return [{"type": "image"} if kind == "image" else {"type": "text", "text": text} for kind, text in items]
+    if prompt.image:
+        raise ValueError("Prompt.image is set but a bare tokenizer was given (pass the model's processor)")
+    return "".join(text for _, text in items)
+
+
+def special_tokens_kwargs(processor, texts: Sequence[str]) -> dict:
+    """``{"add_special_tokens": bool}`` for tokenizing chat-template renderings ``texts``.
+
+    False when every text already starts with the tokenizer's BOS (a template that prints it, as Llama-3's and
+    Mistral's do; a second BOS from the tokenizer would shift every position and change what the model sees),
+    True otherwise (a template without BOS, as llava-1.5-hf's, leaves it to the tokenizer).
+    """
+    bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+    return {"add_special_tokens": not (bos and texts and all(text.startswith(bos) for text in texts))}
+
+
+def render_prompt(processor, prompt: Prompt) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``(text, ranges)``: the rendered prompt (generation prompt added) and the character range of each piece
+    of :data:`PIECES` plus ``mark<i>`` per mark (``(0, 0)`` when absent), in the unexpanded text.
+
+    A processor renders a content list (text and image items, as LLaVA templates expect); a bare tokenizer gets a
+    plain string, and then an image is an error.
+    """
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    messages.append({"role": "user", "content": user_content(processor, prompt)})
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     start = 0
     if prompt.system:  # the system prompt may repeat words of the request: search after it
@@ -134,7 +151,8 @@ def encode_prompts(
     """Renders and tokenizes ``prompts`` (one image per prompt with ``image=True``, in order, in ``images``).
 
     A batch mixes image and text-only prompts only if the processor allows it; ``image_token_id`` (from
-    ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span.
+    ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span. ``encode_kwargs`` go to the
+    processor; ``add_special_tokens`` defaults to :func:`special_tokens_kwargs` (no second BOS).
     """
     if not prompts:
         raise ValueError("prompts is empty")
@@ -150,6 +168,7 @@ def encode_prompts(
             ranges.setdefault(f"mark{i}", (0, 0))
         texts.append(text)
         pieces.append(ranges)
+    encode_kwargs = {**special_tokens_kwargs(processor, texts), **encode_kwargs}
     batch, spans = encode_with_spans(
         processor, texts, pieces, images=list(images) if needed else None, image_token_id=image_token_id,
         **encode_kwargs,

@@ -12,7 +12,7 @@ Every position is found by character range in the rendered text and mapped to to
 (:func:`tga_fast.models.spans.encode_with_spans`), so any chat template works and no token offset is assumed.
 The labels are the answers' tokens plus the end-of-turn token the template puts right after each answer (``</s>``,
 ``<|eot_id|>``, ``<|im_end|>``...: the first non-blank token after the answer when it is a special token other
-than bos / pad / the image token).
+than bos / unk / pad / the image token; the EOS counts even when it doubles as the pad token).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.models.prompts import RETRIEVED_PREFIX, Prompt, render_prompt
+from tga_fast.models.prompts import RETRIEVED_PREFIX, Prompt, render_prompt, special_tokens_kwargs, user_content
 from tga_fast.models.spans import encode_with_spans, locate_pieces
 
 __all__ = [
@@ -108,33 +108,37 @@ def image_token_id_of(processor) -> int | None:
 
 
 def end_of_turn_ids(processor) -> frozenset[int]:
-    """Special tokens that may close an assistant turn: every special added token except bos, pad and image."""
+    """Special tokens that may close an assistant turn: the EOS and every special added token except bos, unk,
+    pad and the image token.
+
+    The EOS stays even when it is also the pad token (Llama / Mistral tokenizers ship without one and are often
+    given ``pad_token = eos_token``): dropping it would leave the answers unterminated in the labels and the
+    model would never learn to stop.
+    """
     tokenizer = _tokenizer(processor)
+    eos = tokenizer.eos_token_id
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    special.update(i for i in (tokenizer.eos_token_id,) if i is not None)
-    excluded = {tokenizer.bos_token_id, tokenizer.pad_token_id, image_token_id_of(processor)}
-    return frozenset(special - excluded)
+    image = image_token_id_of(processor)
+    if image is None and getattr(tokenizer, "image_token", None):  # a bare tokenizer of a multimodal model
+        image = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    excluded = {tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id, image} - {eos}
+    return frozenset((special | ({eos} if eos is not None else set())) - excluded)
 
 
 def _messages(processor, turns: Sequence[Turn], image: bool, retrieved: str | None, upto: int | None = None):
-    """Chat messages (content lists for a processor, strings for a bare tokenizer) of the first ``upto`` messages."""
+    """Chat messages of the first ``upto`` messages; each user turn's content comes from
+    :func:`tga_fast.models.prompts.user_content` (the first carries the retrieved text and the image), so a
+    training prompt is laid out exactly as an evaluation prompt."""
     as_list = _is_processor(processor)
     messages = []
     for i, turn in enumerate(turns):
-        items: list[dict] = []
-        if i == 0 and retrieved is not None:
-            items.append({"type": "text", "text": f"{RETRIEVED_PREFIX}{retrieved}. "})
-        if i == 0 and image:
-            items.append({"type": "image"})
-        items.append({"type": "text", "text": turn.question})
-        answer = [{"type": "text", "text": turn.answer}]
-        if as_list:
-            messages += [{"role": "user", "content": items}, {"role": "assistant", "content": answer}]
-        else:
-            messages += [
-                {"role": "user", "content": "".join(item["text"] for item in items)},
-                {"role": "assistant", "content": turn.answer},
-            ]
+        first = i == 0
+        request = Prompt(question=turn.question, image=first and image, retrieved=retrieved if first else None)
+        answer = [{"type": "text", "text": turn.answer}] if as_list else turn.answer
+        messages += [
+            {"role": "user", "content": user_content(processor, request)},
+            {"role": "assistant", "content": answer},
+        ]
     return messages if upto is None else messages[:upto]
 
 
@@ -185,13 +189,6 @@ def _check_order(processor, text: str, retrieved_end: int, image: bool) -> None:
         )
 
 
-def _encode_kwargs(tokenizer, text: str) -> dict:
-    # A template that already printed the bos token must not get a second one from the tokenizer (what
-    # apply_chat_template(tokenize=True) does too).
-    bos = tokenizer.bos_token
-    return {"add_special_tokens": not (bos and text.startswith(bos))}
-
-
 def encode_caption(processor, caption: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher prompt: the caption alone as the user turn (no image, no answer) in the same chat template.
 
@@ -203,7 +200,7 @@ def encode_caption(processor, caption: str | None) -> tuple[torch.Tensor, torch.
     # have none of its own); tokenized by the tokenizer, as there is no image.
     text, ranges = render_prompt(processor, Prompt(question=caption or ""))
     pieces = [{"caption": ranges["question"]}]
-    batch, spans = encode_with_spans(tokenizer, [text], pieces, **_encode_kwargs(tokenizer, text))
+    batch, spans = encode_with_spans(tokenizer, [text], pieces, **special_tokens_kwargs(tokenizer, [text]))
     return batch["input_ids"][0], spans.tensor[0]
 
 
@@ -228,7 +225,7 @@ def encode_conversation(
         [rendered.ranges],
         images=[image] if image is not None else None,
         image_token_id=image_token_id,
-        **_encode_kwargs(tokenizer, rendered.text),
+        **special_tokens_kwargs(tokenizer, [rendered.text]),
     )
     input_ids = batch.pop("input_ids")[0]
     batch.pop("attention_mask", None)

@@ -74,21 +74,31 @@ class DroppedSample:
 
 def read_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` for each record of a LLaVA .json (a list) or .jsonl file; ``where`` is ``item N`` or
-    ``line N`` (1-based). A JSONL line that is not JSON yields a :class:`BadRecord` as its record."""
+    ``line N`` (1-based). A JSONL line that is not JSON (or not UTF-8) yields a :class:`BadRecord` as its record;
+    a .json file that does not parse raises ``ValueError`` naming the file, line and column. Either file may
+    start with a UTF-8 byte-order mark.
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        if path.suffix.lower() == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: a .json dataset must be a list of records, got {type(data).__name__}")
-            for number, record in enumerate(data, start=1):
-                yield f"item {number}", record
-            return
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: invalid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json dataset must be a list of records, got {type(data).__name__}")
+        for number, record in enumerate(data, start=1):
+            yield f"item {number}", record
+        return
+    with open(path, "rb") as f:  # bytes: one line that is not UTF-8 is one bad record, not a failed load
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                yield f"line {number}", json.loads(line)
+                yield f"line {number}", json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError as error:
+                yield f"line {number}", BadRecord(f"not UTF-8 (byte {error.start + 1} of the line)")
             except json.JSONDecodeError as error:
                 yield f"line {number}", BadRecord(f"invalid JSON: {error.msg} at column {error.colno}")
 
