@@ -1,0 +1,188 @@
+"""safety_layers, attention_share and modality_similarity on a tiny random LLaVA: shapes, ranges, JSON round trip,
+PNG, and agreement with a slow computation of the same quantities (output_hidden_states / output_attentions with
+eager attention, one unpadded sample at a time)."""
+
+import contextlib
+
+import pytest
+import torch
+
+from tga_fast.analysis import (
+    AttentionShareResult,
+    ModalitySimilarityResult,
+    SafetyLayersResult,
+    attention_share,
+    locate_safety_layers,
+    modality_similarity,
+    safety_layers,
+)
+from tga_fast.models import resolve
+from tga_fast.models.prompts import encode_prompts
+
+TOXIC_WITH_MARKS = ["knife", "pills", "dog", "blade"]  # conftest ROWS: "cup" is a benign control
+
+
+def assert_saved(result, tmp_path, cls):
+    out = result.save(tmp_path / result.analysis)
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = cls.from_json(out / "result.json")
+    assert again.to_json() == result.to_json()
+    assert again == cls.from_json(result.to_json())
+
+
+def one_by_one(processor, model, prompts, images=None):
+    """Each prompt encoded alone (no padding): the slow path's inputs."""
+    image_token_id = resolve(model).image_token_id
+    for i, prompt in enumerate(prompts):
+        image = None if images is None else [images[i]]
+        yield encode_prompts(processor, [prompt], image, image_token_id=image_token_id)
+
+
+@contextlib.contextmanager
+def eager(model):
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def slow_lens(model, processor, samples, condition="text"):
+    """``[N+1, n, V]`` softmax(lm_head(final_norm(h_k[-1]))) from output_hidden_states, norm not re-applied at N."""
+    parts = resolve(model)
+    rows = []
+    images = [s.load_image() for s in samples] if condition == "image" else None
+    with torch.no_grad():
+        for encoded in one_by_one(processor, model, [s.to_prompt(condition) for s in samples], images):
+            hidden = model(**encoded.batch, output_hidden_states=True).hidden_states
+            rows.append(torch.stack([
+                parts.lm_head(h[0, -1] if k == parts.num_layers else parts.final_norm(h[0, -1])).softmax(-1)
+                for k, h in enumerate(hidden)
+            ]))
+    return torch.stack(rows, dim=1)
+
+
+def test_safety_layers_agrees_with_output_hidden_states(llava, samples, tmp_path):
+    model, processor = llava
+    toxic = [s for s in samples if s.toxic]
+    lens = slow_lens(model, processor, toxic)  # [N+1, n, V]
+    # Refusal ids that this random model does put on top somewhere, so the rules find layers for some samples.
+    refusal = sorted(set(lens[2].argmax(-1).tolist()) | set(lens[4, :1].argmax(-1).tolist()))
+    processor.tokenizer.padding_side = "right"
+    result = safety_layers(model, processor, samples, batch_size=3, refusal_ids=refusal, progress=False)
+
+    assert result.layers == list(range(resolve(model).num_layers + 1))
+    assert [s["id"] for s in result.samples] == [s.id for s in toxic]
+    assert result.skipped == [{"id": "cup", "reason": "benign control (toxic=false)"}]
+    mass = torch.tensor([s["refusal_mass"] for s in result.samples]).T  # [N+1, n]
+    torch.testing.assert_close(mass, lens[..., refusal].sum(-1), rtol=1e-4, atol=1e-6)
+    start, end = locate_safety_layers(lens, refusal, from_logits=False)
+    assert result.starts == start.tolist() and result.ends == end.tolist()
+    assert any(e >= 0 for e in result.ends)
+    found_starts, found_ends = [s for s in result.starts if s >= 0], [e for e in result.ends if e >= 0]
+    if found_starts:
+        assert result.safety_range == [min(found_starts), max(found_ends)]
+    assert result.end_not_found == result.ends.count(-1)
+    assert 0.0 <= result.start_not_found_rate <= 1.0 and all(0 <= m <= 1 for m in result.refusal_mass_mean)
+    assert result.refusal_tokens == [processor.tokenizer.decode([i]) for i in refusal]
+    assert all(len(s["top_tokens"]) == len(result.layers) for s in result.samples)
+    assert_saved(result, tmp_path, SafetyLayersResult)
+
+
+def test_safety_layers_on_images_with_default_refusal_ids(llava, samples):
+    from tga_fast.evaluation.judges import refusal_token_ids
+
+    model, processor = llava
+    processor.tokenizer.padding_side = "left"
+    result = safety_layers(model, processor, samples[:3], batch_size=3, condition="image", progress=False)
+    assert result.refusal_ids == refusal_token_ids(processor.tokenizer)
+    assert result.settings["condition"] == "image" and len(result.samples) == 3
+    lens = slow_lens(model, processor, samples[:3], "image")
+    mass = torch.tensor([s["refusal_mass"] for s in result.samples]).T
+    torch.testing.assert_close(mass, lens[..., result.refusal_ids].sum(-1), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="condition"):
+        safety_layers(model, processor, samples, condition="audio", progress=False)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_attention_share_agrees_with_eager_output_attentions(llava, samples, tmp_path, padding_side):
+    model, processor = llava
+    processor.tokenizer.padding_side = padding_side
+    result = attention_share(model, processor, samples, batch_size=3, progress=False)
+    toxic = [s for s in samples if s.toxic and s.toxic_ranges]
+    assert [s["id"] for s in result.samples] == TOXIC_WITH_MARKS == [s.id for s in toxic]
+    assert result.layers == [1, 2, 3, 4]
+    expected, expected_uniform = [], []
+    with torch.no_grad(), eager(model):
+        for encoded in one_by_one(processor, model, [s.to_prompt("text") for s in toxic]):
+            attentions = model(**encoded.batch, output_attentions=True).attentions  # N x [1, H, T, T]
+            marked = encoded.marked[0]
+            expected.append(torch.stack([a[0, :, -1, marked].sum(-1) for a in attentions]))  # [N, H]
+            expected_uniform.append(int(marked.sum()) / encoded.batch["input_ids"].shape[1])
+    per_head = torch.tensor([s["share_per_head"] for s in result.samples]).transpose(0, 1)  # [N, n, H]
+    torch.testing.assert_close(per_head, torch.stack(expected, dim=1), rtol=1e-4, atol=1e-6)
+    share = torch.tensor([s["share"] for s in result.samples])
+    torch.testing.assert_close(share, per_head.mean(-1).T)
+    torch.testing.assert_close(torch.tensor(result.share_mean, dtype=torch.float64), share.double().mean(0))
+    assert result.uniform_share_mean == pytest.approx(sum(expected_uniform) / len(expected_uniform))
+    assert all(lo <= m <= hi for lo, m, hi in zip(result.share_q10, result.share_mean, result.share_q90))
+    assert all(s["toxic_tokens"] >= 1 for s in result.samples)
+    assert_saved(result, tmp_path, AttentionShareResult)
+
+
+def test_modality_similarity_agrees_with_output_hidden_states(llava, samples, tmp_path):
+    from tests.retrieval.conftest import build_tiny_clip
+    from tga_fast.retrieval.encoders import ImageEncoder, TextEncoder
+
+    model, processor = llava
+    clip = build_tiny_clip(tmp_path / "clip")
+    result = modality_similarity(model, processor, samples, batch_size=2, clip=clip, progress=False)
+    image_token_id = resolve(model).image_token_id
+    images = [s.load_image() for s in samples]
+    expected = []
+    with torch.no_grad():
+        image_runs = one_by_one(processor, model, [s.to_prompt("image") for s in samples], images)
+        text_runs = one_by_one(processor, model, [s.to_prompt("text") for s in samples])
+        for image_encoded, text_encoded in zip(image_runs, text_runs):
+            is_image = image_encoded.batch["input_ids"][0] == image_token_id
+            start, end = text_encoded.spans["text"][0].tolist()
+            image_states = model(**image_encoded.batch, output_hidden_states=True).hidden_states
+            text_states = model(**text_encoded.batch, output_hidden_states=True).hidden_states
+            expected.append(torch.stack([
+                torch.nn.functional.cosine_similarity(hi[0, is_image].mean(0), ht[0, start:end].mean(0), dim=0)
+                for hi, ht in zip(image_states, text_states)
+            ]))
+    cosine = torch.tensor([s["cosine"] for s in result.samples])
+    torch.testing.assert_close(cosine, torch.stack(expected), rtol=1e-4, atol=1e-5)
+    assert result.layers == list(range(5)) and len(result.samples) == len(samples)  # benign pairs count too
+    assert all(s["image_tokens"] == 16 and s["text_tokens"] > 0 for s in result.samples)
+    clip_expected = (ImageEncoder(clip, progress=False).encode(images)
+                     * TextEncoder(clip, progress=False).encode([s.text for s in samples])).sum(-1)
+    clip_got = torch.tensor([s["clip_cosine"] for s in result.samples])
+    torch.testing.assert_close(clip_got, clip_expected, rtol=1e-4, atol=1e-5)
+    assert result.clip_cosine_mean == pytest.approx(float(clip_expected.mean()), abs=1e-5)
+    assert result.clip_model == clip
+    assert_saved(result, tmp_path, ModalitySimilarityResult)
+
+
+def test_no_usable_sample_is_a_clear_error(llava, samples):
+    model, processor = llava
+    benign = [s for s in samples if not s.toxic]
+    with pytest.raises(ValueError, match="none of the 1 samples"):
+        attention_share(model, processor, benign, progress=False)
+    with pytest.raises(ValueError, match="samples is empty"):
+        safety_layers(model, processor, [], progress=False)
+
+
+@pytest.mark.parametrize("family, backbone", [("llava_next", "llama"), ("llava", "qwen2")])
+def test_other_families(samples, family, backbone):
+    from tga_fast.models.tiny import tiny_vlm
+
+    model, processor = tiny_vlm(family, backbone, layers=2)
+    lens = safety_layers(model, processor, samples, batch_size=2, progress=False)
+    share = attention_share(model, processor, samples, batch_size=2, progress=False)
+    similarity = modality_similarity(model, processor, samples, batch_size=2, progress=False)
+    assert len(lens.refusal_mass_mean) == 3 and share.layers == [1, 2] and len(similarity.cosine_mean) == 3
+    assert all(s["image_tokens"] > 0 for s in similarity.samples)
+    assert all(-1.0 <= c <= 1.0 for s in similarity.samples for c in s["cosine"])
+    assert all(0.0 <= v <= 1.0 for s in share.samples for v in s["share"])

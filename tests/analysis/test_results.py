@@ -1,0 +1,28 @@
+"""Result JSON helpers: plain values in and out, NaN never written, the wrong analysis refused."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tga_fast.analysis import RESULTS, AttentionShareResult
+from tga_fast.analysis.results import jsonable
+
+
+def test_jsonable_converts_tensors_arrays_and_non_finite():
+    value = {"t": torch.tensor([1.0, math.nan]), "a": np.arange(2), "x": (1, math.inf), "d": torch.float32}
+    assert jsonable(value) == {"t": [1.0, None], "a": [0, 1], "x": [1, None], "d": "torch.float32"}
+
+
+def test_from_json_checks_the_analysis_and_fields():
+    assert set(RESULTS) == {"safety_layers", "attention_share", "knockout_sweep", "modality_similarity",
+                            "steering_sweep"}
+    result = AttentionShareResult([1], [0.5], [0.0], [0.5], [0.5], 0.1, [], [], {})
+    data = result.to_json()
+    assert AttentionShareResult.from_json(data) == result
+    with pytest.raises(ValueError, match="not 'safety_layers'"):
+        RESULTS["safety_layers"].from_json(data)
+    del data["share_std"]
+    with pytest.raises(ValueError, match="share_std"):
+        AttentionShareResult.from_json(data)

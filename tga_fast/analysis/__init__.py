@@ -1,0 +1,39 @@
+"""The paper's five analyses (METHOD.md section 3), each a function over a model, its processor and evaluation
+samples that returns a result dataclass (per-layer arrays, per-sample detail, ``to_json``/``from_json``) whose
+``save(out_dir)`` writes ``result.json`` and ``figure.png``. Layers are in HF numbering throughout.
+
+    from tga_fast.analysis import safety_layers
+    result = safety_layers(model, processor, load_eval_set("eval.jsonl").samples)
+    result.save("out/safety_layers")
+"""
+
+from tga_fast.analysis.attention_share import AttentionShareResult, attention_share
+from tga_fast.analysis.knockout_sweep import KnockoutSweepResult, knockout_sweep
+from tga_fast.analysis.modality_similarity import ModalitySimilarityResult, clip_cosines, modality_similarity
+from tga_fast.analysis.results import AnalysisResult, layer_windows
+from tga_fast.analysis.safety_layers import SafetyLayersResult, locate_safety_layers, safety_layers
+from tga_fast.analysis.steering_sweep import SteeringSweepResult, steering_sweep
+
+RESULTS = {
+    cls.analysis: cls
+    for cls in (SafetyLayersResult, AttentionShareResult, KnockoutSweepResult, ModalitySimilarityResult,
+                SteeringSweepResult)
+}
+
+__all__ = [
+    "AnalysisResult",
+    "AttentionShareResult",
+    "KnockoutSweepResult",
+    "ModalitySimilarityResult",
+    "RESULTS",
+    "SafetyLayersResult",
+    "SteeringSweepResult",
+    "attention_share",
+    "clip_cosines",
+    "knockout_sweep",
+    "layer_windows",
+    "locate_safety_layers",
+    "modality_similarity",
+    "safety_layers",
+    "steering_sweep",
+]

@@ -1,0 +1,155 @@
+"""Hidden-state steering in windows of layers (METHOD.md 3 E).
+
+For each toxic image: the same request as text (the image's text in its place, no image) is run once, and its
+text tokens' mean hidden state at every HF layer l is kept (``capture``). Then, for each window of layers
+([1, 5], [6, 10], ... in HF numbering: layer k is ``hidden_states[k]``, what block k+1 reads), that text state of
+layer l (times ``scale``) is added to every image token's hidden state at each layer l of the window while the
+model answers the image request (:func:`tga_fast.models.steer`), and the DSR is measured. The paper's claim:
+DSR on toxic images rises when the window covers the safety layers.
+
+    result = steering_sweep(model, processor, samples, window=5)
+    result.steered[i]["rate"], result.baseline["rate"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from tga_fast.analysis.results import AnalysisResult, layer_windows, rate_dict
+
+__all__ = ["SteeringSweepResult", "steering_sweep"]
+
+
+@dataclass
+class SteeringSweepResult(AnalysisResult):
+    """DSR on toxic images per window of steered layers, and unsteered.
+
+    Attributes:
+        windows: ``[[first, last], ...]`` HF layers (inclusive).
+        baseline: the DSR without steering, ``{"refused", "total", "rate", "low", "high"}`` (Wilson 95%).
+        steered: one such dict per window.
+        scenes: ``{"baseline": {scene: rate}, "steered": [{scene: rate} per window]}``.
+        scale: the factor on the added text states.
+        samples: per sample ``id``, ``scene``, ``prompt`` (rendered), ``baseline`` and ``steered`` (per window)
+            outcomes ``{"response", "verdict", "score"}``.
+        skipped: samples left out, with the reason.
+        settings: how the run was made.
+    """
+
+    analysis = "steering_sweep"
+
+    windows: list
+    baseline: dict
+    steered: list
+    scenes: dict
+    scale: float
+    samples: list
+    skipped: list
+    settings: dict
+
+    def figure(self):
+        from tga_fast.analysis.plots import plot_steering_sweep
+
+        return plot_steering_sweep(self)
+
+
+def _text_states(model, processor, batch_samples, layers, options) -> torch.Tensor:
+    """``[L, b, D]``: the mean hidden state of each sample's text tokens (text prompt, no image) at ``layers``."""
+    from tga_fast.analysis.batching import encode
+    from tga_fast.models import capture
+
+    encoded = encode(model, processor, [s.to_prompt("text", **options) for s in batch_samples])
+    with torch.no_grad(), capture(model, layers, encoded.spans.select("text")) as cap:
+        model(**encoded.batch, use_cache=False, logits_to_keep=1)
+    return cap.pooled[:, :, 0]
+
+
+def steering_sweep(
+    model,
+    processor,
+    samples: Sequence,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    window: int = 5,
+    scale: float = 1.0,
+    judge=None,
+    max_new_tokens: int = 64,
+    generation_kwargs: dict | None = None,
+    with_retrieved: bool = False,
+    system_prompt: str | None = None,
+) -> SteeringSweepResult:
+    """DSR of the toxic image requests when the text's pooled states are added to the image tokens in each
+    window of layers.
+
+    Args:
+        samples: ``EvalSample`` s with images; benign controls are skipped.
+        window: HF layers per window (windows cover 1..N).
+        scale: factor on the added text state.
+        judge, max_new_tokens, generation_kwargs: as in :func:`tga_fast.evaluation.dsr.evaluate_dsr`.
+
+    Each batch runs one text forward (the steering vectors) and ``1 + len(windows)`` evaluations.
+    """
+    from tqdm.auto import tqdm
+
+    from tga_fast.analysis.batching import chunks, select_samples
+    from tga_fast.evaluation.dsr import dsr_from_verdicts, evaluate_dsr
+    from tga_fast.evaluation.judges import KeywordJudge
+    from tga_fast.models import resolve, steer
+
+    parts = resolve(model)
+    if parts.image_token_id is None:
+        raise ValueError(f"{parts.model_type} has no image token: steering_sweep needs a vision-language model")
+    windows = layer_windows(parts.num_layers, window)
+    layers = list(range(1, parts.num_layers + 1))
+    kept, skipped = select_samples(samples, toxic_only=True, need_image=True)
+    judge = KeywordJudge() if judge is None else judge
+    options = dict(with_retrieved=with_retrieved, system_prompt=system_prompt)
+    common = dict(condition="image", judge=judge, max_new_tokens=max_new_tokens,
+                  generation_kwargs=generation_kwargs, progress=False, **options)
+
+    def steering(window_layers: list[int], vectors: torch.Tensor):
+        return lambda encoded: steer(model, window_layers, encoded.spans.select("image"), vectors, mode="add")
+
+    per_sample = []
+    with tqdm(total=len(kept), desc="steering sweep", unit="sample", disable=not progress) as bar:
+        for batch_samples in chunks(kept, batch_size):
+            states = _text_states(model, processor, batch_samples, layers, options) * scale  # [N, b, D]
+            plain = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples), **common)
+            rows = [{"id": str(s.id), "scene": s.scene, "prompt": r.prompt,
+                     "baseline": {"response": r.response, "verdict": bool(r.verdict), "score": r.score},
+                     "steered": []} for s, r in zip(batch_samples, plain.records)]
+            for first, last in windows:
+                window_layers = list(range(first, last + 1))
+                vectors = states[[k - 1 for k in window_layers]]  # [w, b, D]
+                dsr = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples),
+                                   intervention=steering(window_layers, vectors), **common)
+                for row, r in zip(rows, dsr.records):
+                    row["steered"].append({"response": r.response, "verdict": bool(r.verdict), "score": r.score})
+            per_sample.extend(rows)
+            bar.update(len(batch_samples))
+
+    sample_scenes = [row["scene"] for row in per_sample]
+    baseline, baseline_scenes = dsr_from_verdicts([row["baseline"]["verdict"] for row in per_sample], sample_scenes)
+    steered, steered_scenes = [], []
+    for i in range(len(windows)):
+        overall, by_scene = dsr_from_verdicts([row["steered"][i]["verdict"] for row in per_sample], sample_scenes)
+        steered.append(rate_dict(overall))
+        steered_scenes.append({scene: rate_dict(rate) for scene, rate in by_scene.items()})
+    return SteeringSweepResult(
+        windows=windows,
+        baseline=rate_dict(baseline),
+        steered=steered,
+        scenes={"baseline": {scene: rate_dict(rate) for scene, rate in baseline_scenes.items()},
+                "steered": steered_scenes},
+        scale=float(scale),
+        samples=per_sample,
+        skipped=skipped,
+        settings={"window": window, "judge": repr(judge), "condition": "image", "with_retrieved": with_retrieved,
+                  "system_prompt": system_prompt, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                  "generation_kwargs": dict(generation_kwargs or {}),
+                  "model_type": getattr(model.config, "model_type", None)},
+    )
