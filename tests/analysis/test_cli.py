@@ -58,10 +58,13 @@ def test_knockout_sweep_with_the_logit_judge(llava_dir, eval_file, tmp_path):
 
     out = tmp_path / "knockout"
     code = main(["analyze", "knockout_sweep", "--model", str(llava_dir), "--data", str(eval_file), "--out", str(out),
-                 "--window", "1", "--judge", "logit", "--device", "cpu", "--no-progress"])
+                 "--window", "1", "--judge", "logit", "--device", "cpu", "--no-progress",
+                 "--system-prompt", "Refuse harmful requests."])
     assert code == 0
     result = KnockoutSweepResult.from_json(out / "result.json")
     assert result.windows == [[1, 1], [2, 2]] and "LogitJudge" in result.settings["judge"]
+    assert result.settings["system_prompt"] == "Refuse harmful requests."
+    assert all("Refuse harmful requests." in row["prompt"] for row in result.samples)
     assert all(0.0 <= row["baseline"]["score"] <= 1.0 and row["baseline"]["response"] == "" for row in result.samples)
 
 

@@ -47,6 +47,21 @@ def eager(model):
         model.set_attn_implementation("sdpa")
 
 
+@contextlib.contextmanager
+def random_final_norm(model):
+    """A final norm with random weights: a fresh model's are ones, and a ones-weight RMSNorm applied twice equals
+    it applied once, so only a random weight lets the lens tests see a norm applied twice at layer N."""
+    weight = resolve(model).final_norm.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.copy_(1.0 + 0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
 def slow_lens(model, processor, samples, condition="text"):
     """``[N+1, n, V]`` softmax(lm_head(final_norm(h_k[-1]))) from output_hidden_states, norm not re-applied at N."""
     parts = resolve(model)
@@ -65,11 +80,13 @@ def slow_lens(model, processor, samples, condition="text"):
 def test_safety_layers_agrees_with_output_hidden_states(llava, samples, tmp_path):
     model, processor = llava
     toxic = [s for s in samples if s.toxic]
-    lens = slow_lens(model, processor, toxic)  # [N+1, n, V]
-    # Refusal ids that this random model does put on top somewhere, so the rules find layers for some samples.
-    refusal = sorted(set(lens[2].argmax(-1).tolist()) | set(lens[4, :1].argmax(-1).tolist()))
-    processor.tokenizer.padding_side = "right"
-    result = safety_layers(model, processor, samples, batch_size=3, refusal_ids=refusal, progress=False)
+    with random_final_norm(model):
+        lens = slow_lens(model, processor, toxic)  # [N+1, n, V]
+        # Refusal ids that this random model does put on top somewhere (so ends are found), and the largest rise
+        # into layer 1 of the first sample (so a start is found).
+        refusal = sorted(set(lens[2].argmax(-1).tolist()) | set(lens[4, :1].argmax(-1).tolist())
+                         | {int((lens[1, 0] - lens[0, 0]).argmax())})
+        result = safety_layers(model, processor, samples, batch_size=3, refusal_ids=refusal, progress=False)
 
     assert result.layers == list(range(resolve(model).num_layers + 1))
     assert [s["id"] for s in result.samples] == [s.id for s in toxic]
@@ -78,10 +95,9 @@ def test_safety_layers_agrees_with_output_hidden_states(llava, samples, tmp_path
     torch.testing.assert_close(mass, lens[..., refusal].sum(-1), rtol=1e-4, atol=1e-6)
     start, end = locate_safety_layers(lens, refusal, from_logits=False)
     assert result.starts == start.tolist() and result.ends == end.tolist()
-    assert any(e >= 0 for e in result.ends)
+    assert result.starts[0] == 1 and any(e >= 0 for e in result.ends)
     found_starts, found_ends = [s for s in result.starts if s >= 0], [e for e in result.ends if e >= 0]
-    if found_starts:
-        assert result.safety_range == [min(found_starts), max(found_ends)]
+    assert result.safety_range == [min(found_starts), max(found_ends)]
     assert result.end_not_found == result.ends.count(-1)
     assert 0.0 <= result.start_not_found_rate <= 1.0 and all(0 <= m <= 1 for m in result.refusal_mass_mean)
     assert result.refusal_tokens == [processor.tokenizer.decode([i]) for i in refusal]
@@ -93,22 +109,23 @@ def test_safety_layers_on_images_with_default_refusal_ids(llava, samples):
     from tga_fast.evaluation.judges import refusal_token_ids
 
     model, processor = llava
-    processor.tokenizer.padding_side = "left"
-    result = safety_layers(model, processor, samples[:3], batch_size=3, condition="image", progress=False)
+    with random_final_norm(model):
+        result = safety_layers(model, processor, samples[:3], batch_size=3, condition="image", progress=False)
+        lens = slow_lens(model, processor, samples[:3], "image")
     assert result.refusal_ids == refusal_token_ids(processor.tokenizer)
     assert result.settings["condition"] == "image" and len(result.samples) == 3
-    lens = slow_lens(model, processor, samples[:3], "image")
     mass = torch.tensor([s["refusal_mass"] for s in result.samples]).T
     torch.testing.assert_close(mass, lens[..., result.refusal_ids].sum(-1), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="condition"):
         safety_layers(model, processor, samples, condition="audio", progress=False)
 
 
-@pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_attention_share_agrees_with_eager_output_attentions(llava, samples, tmp_path, padding_side):
+def test_attention_share_agrees_with_eager_output_attentions(llava, samples, tmp_path, monkeypatch):
+    """Batches of 3 prompts of different lengths (padded) against one unpadded eager forward per prompt."""
     model, processor = llava
-    processor.tokenizer.padding_side = padding_side
+    monkeypatch.setattr(processor.tokenizer, "padding_side", "right")
     result = attention_share(model, processor, samples, batch_size=3, progress=False)
+    assert processor.tokenizer.padding_side == "right"  # the analysis pads on the left, then restores the side
     toxic = [s for s in samples if s.toxic and s.toxic_ranges]
     assert [s["id"] for s in result.samples] == TOXIC_WITH_MARKS == [s.id for s in toxic]
     assert result.layers == [1, 2, 3, 4]
@@ -139,13 +156,18 @@ def test_modality_similarity_agrees_with_output_hidden_states(llava, samples, tm
     result = modality_similarity(model, processor, samples, batch_size=2, clip=clip, progress=False)
     image_token_id = resolve(model).image_token_id
     images = [s.load_image() for s in samples]
-    expected = []
+    expected, text_lengths = [], []
     with torch.no_grad():
         image_runs = one_by_one(processor, model, [s.to_prompt("image") for s in samples], images)
         text_runs = one_by_one(processor, model, [s.to_prompt("text") for s in samples])
-        for image_encoded, text_encoded in zip(image_runs, text_runs):
+        for sample, image_encoded, text_encoded in zip(samples, image_runs, text_runs):
             is_image = image_encoded.batch["input_ids"][0] == image_token_id
             start, end = text_encoded.spans["text"][0].tolist()
+            # the text span is the sample's text itself, and the text prompt carries no image at all
+            ids = text_encoded.batch["input_ids"][0]
+            assert processor.tokenizer.decode(ids[start:end]).strip() == sample.text
+            assert "pixel_values" not in text_encoded.batch and not (ids == image_token_id).any()
+            text_lengths.append(end - start)
             image_states = model(**image_encoded.batch, output_hidden_states=True).hidden_states
             text_states = model(**text_encoded.batch, output_hidden_states=True).hidden_states
             expected.append(torch.stack([
@@ -155,7 +177,8 @@ def test_modality_similarity_agrees_with_output_hidden_states(llava, samples, tm
     cosine = torch.tensor([s["cosine"] for s in result.samples])
     torch.testing.assert_close(cosine, torch.stack(expected), rtol=1e-4, atol=1e-5)
     assert result.layers == list(range(5)) and len(result.samples) == len(samples)  # benign pairs count too
-    assert all(s["image_tokens"] == 16 and s["text_tokens"] > 0 for s in result.samples)
+    assert all(s["image_tokens"] == 16 for s in result.samples)
+    assert [s["text_tokens"] for s in result.samples] == text_lengths
     clip_expected = (ImageEncoder(clip, progress=False).encode(images)
                      * TextEncoder(clip, progress=False).encode([s.text for s in samples])).sum(-1)
     clip_got = torch.tensor([s["clip_cosine"] for s in result.samples])
@@ -163,6 +186,27 @@ def test_modality_similarity_agrees_with_output_hidden_states(llava, samples, tm
     assert result.clip_cosine_mean == pytest.approx(float(clip_expected.mean()), abs=1e-5)
     assert result.clip_model == clip
     assert_saved(result, tmp_path, ModalitySimilarityResult)
+
+
+def test_a_tokenizer_without_pad_token_still_batches(llava, samples, monkeypatch):
+    """Llama-3 and Mistral tokenizers have no pad token: the forward analyses pad with EOS (as the generation
+    does), give what a padded batch with a real pad token gives, and leave the tokenizer as it was."""
+    model, processor = llava
+    tokenizer = processor.tokenizer
+    with_pad = safety_layers(model, processor, samples, batch_size=4, progress=False)
+    monkeypatch.setattr(tokenizer, "padding_side", "right")
+    pad = tokenizer.pad_token
+    tokenizer.pad_token = None
+    try:
+        without_pad = safety_layers(model, processor, samples, batch_size=4, progress=False)
+        similarity = modality_similarity(model, processor, samples[:3], batch_size=3, progress=False)
+        assert tokenizer.pad_token is None and tokenizer.padding_side == "right"
+    finally:
+        tokenizer.pad_token = pad
+    assert len(similarity.samples) == 3
+    mass = [s["refusal_mass"] for s in without_pad.samples]
+    torch.testing.assert_close(torch.tensor(mass), torch.tensor([s["refusal_mass"] for s in with_pad.samples]),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_no_usable_sample_is_a_clear_error(llava, samples):

@@ -26,3 +26,22 @@ def test_from_json_checks_the_analysis_and_fields():
     del data["share_std"]
     with pytest.raises(ValueError, match="share_std"):
         AttentionShareResult.from_json(data)
+
+
+def test_select_samples_says_why_each_sample_is_left_out():
+    from types import SimpleNamespace
+
+    from tga_fast.analysis.batching import select_samples
+
+    def sample(id, toxic=True, ranges=((0, 1),), image="x.png"):
+        return SimpleNamespace(id=id, toxic=toxic, toxic_ranges=ranges, image_path=image)
+
+    rows = [sample("a"), sample("b", toxic=False), sample("c", ranges=()), sample("d", image=None)]
+    kept, skipped = select_samples(rows, toxic_only=True, need_marks=True, need_image=True)
+    assert [s.id for s in kept] == ["a"]
+    assert skipped == [{"id": "b", "reason": "benign control (toxic=false)"},
+                       {"id": "c", "reason": "no toxic word marked in its text"},
+                       {"id": "d", "reason": "no image"}]
+    assert [s.id for s in select_samples(rows)[0]] == ["a", "b", "c", "d"]  # nothing asked: all kept
+    with pytest.raises(ValueError, match="none of the 3 samples can be used"):
+        select_samples(rows[1:], toxic_only=True, need_marks=True, need_image=True)

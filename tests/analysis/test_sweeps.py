@@ -2,6 +2,8 @@
 round trip, PNG; the interventions reach the generation (knockout over every block agrees with a slow greedy
 decode under an explicit additive mask, skipping every block with decoding from the embeddings)."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -58,11 +60,11 @@ def test_knockout_sweep_end_to_end(llava, samples, tmp_path):
     assert_saved(result, tmp_path, KnockoutSweepResult)
 
 
-def greedy(model, tokenizer, input_ids, steps, mask_for):
-    """Greedy decoding without a cache; ``mask_for(length)`` gives the 4D additive mask (or None)."""
+def greedy(model, tokenizer, input_ids, steps, mask_for=None):
+    """Greedy decoding without a cache; ``mask_for(length)`` gives a 4D additive mask for the model (or None)."""
     ids = input_ids
     for _ in range(steps):
-        mask = mask_for(ids.shape[1])
+        mask = None if mask_for is None else mask_for(ids.shape[1])
         kwargs = {"attention_mask": mask} if mask is not None else {}
         token = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -1].argmax()
         if token == tokenizer.eos_token_id:
@@ -71,14 +73,49 @@ def greedy(model, tokenizer, input_ids, steps, mask_for):
     return tokenizer.decode(ids[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
-def test_whole_model_windows_agree_with_a_slow_decode(llava, samples):
+@contextlib.contextmanager
+def masked_blocks(model, blocks, mask_for):
+    """Eager attention, and decoder blocks ``blocks`` (1-based) attend under ``mask_for(T)`` (a 4D additive mask)
+    instead of the model's causal mask: the oracle of a knockout in exactly those blocks, without the op."""
+    parts = resolve(model)
+
+    def swap_mask(module, args, kwargs):
+        length = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        return args, {**kwargs, "attention_mask": mask_for(length)}
+
+    handles = [parts.decoder_layers[k - 1].register_forward_pre_hook(swap_mask, with_kwargs=True) for k in blocks]
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def without_blocks(model, blocks):
+    """The LLaVA-Llama model with decoder blocks ``blocks`` (1-based) taken out of its layer list."""
+    language_model = model.model.language_model
+    layers = language_model.layers
+    language_model.layers = torch.nn.ModuleList([m for k, m in enumerate(layers, start=1) if k not in blocks])
+    try:
+        yield
+    finally:
+        language_model.layers = layers
+
+
+def test_windows_agree_with_a_slow_decode(llava, samples):
+    """Every window of both variants against an oracle that touches exactly the window's blocks: window [1, 2]
+    and [3, 4] of the 4-block model (an off-by-one between windows and blocks changes the answers)."""
     model, processor = llava
     tokenizer = processor.tokenizer
     sample = samples[0]
-    result = knockout_sweep(model, processor, [sample], batch_size=1, window=resolve(model).num_layers,
-                            max_new_tokens=4, progress=False)
+    result = knockout_sweep(model, processor, [sample], batch_size=1, window=2, max_new_tokens=4, progress=False)
+    assert result.windows == [[1, 2], [3, 4]]
     encoded = encode_prompts(processor, [sample.to_prompt("text")])
-    blocked = encoded.marked[0]
+    ids, blocked = encoded.batch["input_ids"], encoded.marked[0]
+    assert blocked.any()
 
     def knockout_mask(length):  # causal, and no later query sees a blocked key
         positions = torch.arange(length)
@@ -87,23 +124,38 @@ def test_whole_model_windows_agree_with_a_slow_decode(llava, samples):
         visible = (positions[None, :] <= positions[:, None]) & ~(keys_blocked[None, :] & earlier)
         return torch.where(visible, 0.0, torch.finfo(torch.float32).min)[None, None]
 
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            expected_knockout = greedy(model, tokenizer, encoded.batch["input_ids"], 4, knockout_mask)
-    finally:
-        model.set_attn_implementation("sdpa")
-    assert result.samples[0]["knockout"][0]["response"] == expected_knockout
+    responses = {}
+    with torch.no_grad():
+        for first, last in result.windows:
+            blocks = range(first, last + 1)
+            with masked_blocks(model, blocks, knockout_mask):
+                responses["knockout", first] = greedy(model, tokenizer, ids, 4)
+            with without_blocks(model, blocks):
+                responses["skip", first] = greedy(model, tokenizer, ids, 4)
+    for i, (first, _) in enumerate(result.windows):
+        assert result.samples[0]["knockout"][i]["response"] == responses["knockout", first]
+        assert result.samples[0]["skip"][i]["response"] == responses["skip", first]
+    # the oracle itself tells the windows apart, so the comparison above can fail on a shifted window
+    assert responses["skip", 1] != responses["skip", 3]
 
-    parts = resolve(model)  # every block skipped: the logits are lm_head(final_norm(embeddings))
-    ids = encoded.batch["input_ids"]
+
+def test_whole_model_skip_decodes_from_the_embeddings(llava, samples):
+    """Every block skipped: the logits are lm_head(final_norm(embeddings))."""
+    model, processor = llava
+    tokenizer = processor.tokenizer
+    sample = samples[0]
+    result = knockout_sweep(model, processor, [sample], batch_size=1, window=resolve(model).num_layers,
+                            variants=("skip",), max_new_tokens=4, progress=False)
+    assert result.knockout == [] and all(row["knockout"] == [] for row in result.samples)
+    parts = resolve(model)
+    ids = prompt_ids = encode_prompts(processor, [sample.to_prompt("text")]).batch["input_ids"]
     with torch.no_grad():
         for _ in range(4):
             token = parts.lm_head(parts.final_norm(parts.input_embeddings(ids)))[0, -1].argmax()
             if token == tokenizer.eos_token_id:
                 break
             ids = torch.cat([ids, token.view(1, 1)], dim=1)
-    expected_skip = tokenizer.decode(ids[0, encoded.batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    expected_skip = tokenizer.decode(ids[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
     assert result.samples[0]["skip"][0]["response"] == expected_skip
 
 
@@ -136,3 +188,14 @@ def test_steering_sweep_end_to_end(llava, samples, tmp_path):
     zero = steering_sweep(model, processor, samples[:2], batch_size=2, window=4, scale=0.0, max_new_tokens=4,
                           progress=False)  # adding nothing is the baseline
     assert all(r["steered"][0]["response"] == r["baseline"]["response"] for r in zero.samples)
+
+
+def test_steering_reaches_only_later_blocks(llava, samples):
+    """Layer N (the final norm's output) feeds no block: steering there leaves every answer as it was, while a
+    window below it changes some; a window shifted by one layer would break one of the two."""
+    model, processor = llava
+    result = steering_sweep(model, processor, samples[:3], batch_size=3, window=3, max_new_tokens=4, progress=False)
+    assert result.windows == [[1, 3], [4, 4]]
+    rows = result.samples
+    assert all(r["steered"][1]["response"] == r["baseline"]["response"] for r in rows)
+    assert any(r["steered"][0]["response"] != r["baseline"]["response"] for r in rows)

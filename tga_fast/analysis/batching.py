@@ -1,15 +1,15 @@
 """Samples in, model-ready batches out: the one place the analyses choose samples, encode prompts and move them.
 
 Every analysis renders its prompts with :meth:`EvalSample.to_prompt` (so "the text condition" means what the DSR
-evaluation means by it) and encodes them with :func:`tga_fast.models.prompts.encode_prompts` (spans and marks from
-the tokenization, never from offsets).
+evaluation means by it) and encodes them as the evaluation does (:func:`tga_fast.models.prompts.encode_prompts`:
+spans and marks from the tokenization, never from offsets).
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Sequence, TypeVar
 
-from tga_fast.models.prompts import EncodedPrompts, Prompt, encode_prompts
+from tga_fast.models.prompts import EncodedPrompts, Prompt
 
 __all__ = ["chunks", "encode", "select_samples"]
 
@@ -26,17 +26,19 @@ def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
 
 def encode(model, processor, prompts: Sequence[Prompt], images: Sequence | None = None) -> EncodedPrompts:
     """The prompts tokenized with their spans (``image`` when the model has an image token, ``retrieved``,
-    ``text``, ``question``) and marks, batch on the model's device (pixels in its dtype)."""
-    from tga_fast.evaluation.generation import batch_to_model, image_token_id_of, model_device
+    ``text``, ``question``) and marks, batch on the model's device (pixels in its dtype): ``input_ids`` /
+    ``attention_mask`` ``[B, T]``, spans ``[B, S, 2]``, marked ``[B, T]``.
 
-    encoded = encode_prompts(processor, prompts, images, image_token_id=image_token_id_of(model))
-    device = model_device(model)
-    return EncodedPrompts(
-        batch=batch_to_model(encoded.batch, model),
-        spans=encoded.spans.to(device),
-        marked=encoded.marked.to(device),
-        texts=encoded.texts,
-    )
+    The same encoding the DSR evaluation generates from (:func:`tga_fast.evaluation.generation.encode_for_model`
+    under ``padded_left``): padded on the left, with the EOS as pad token when the tokenizer has none (Llama-3 and
+    Mistral tokenizers have none, and a batch could not be padded at all); the tokenizer is restored after. The
+    analyses read ``last_positions`` and the spans, never a fixed column, and RoPE attention depends on relative
+    positions only, so the padding leaves every state as an unpadded forward gives it.
+    """
+    from tga_fast.evaluation.generation import encode_for_model, padded_left
+
+    with padded_left(processor):
+        return encode_for_model(model, processor, prompts, images)
 
 
 def select_samples(samples: Sequence, *, toxic_only: bool = False, need_marks: bool = False, need_image: bool = False):

@@ -39,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
         logger.warning("%s line %d skipped: %s", args.data, number, message)
     logger.info("%d samples (%d toxic) in %d scenes", len(data), sum(s.toxic for s in data.samples), len(data.scenes))
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
-    common = dict(batch_size=args.batch_size, progress=not args.no_progress)
+    common = dict(batch_size=args.batch_size, progress=not args.no_progress, with_retrieved=args.with_retrieved,
+                  system_prompt=args.system_prompt)
     sweep = dict(window=args.window, max_new_tokens=args.max_new_tokens)
     if args.judge == "logit":  # refusal-token mass at the first answer position: no generation
         from tga_fast.evaluation.judges import LogitJudge
@@ -90,5 +91,8 @@ def add_analyze(commands) -> None:
     add("--clip", default=None, help="local CLIP-style folder for the reference line (modality_similarity)")
     add("--image-root", dest="image_root", default=None,
         help="folder image paths are relative to (default: the data file's folder)")
+    add("--with-retrieved", dest="with_retrieved", action="store_true",
+        help="put each sample's retrieved text first in the prompt (METHOD.md 4: evaluate with and without it)")
+    add("--system-prompt", dest="system_prompt", default=None, help="a (safety) system prompt for every request")
     add("--no-progress", dest="no_progress", action="store_true")
     parser.set_defaults(run=run_analyze)

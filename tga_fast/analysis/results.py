@@ -112,5 +112,9 @@ def outcome_rows(dsr) -> tuple[dict, dict, list[dict]]:
     rate per scene, and ``{"response", "verdict", "score"}`` per record, in the records' order."""
     overall = rate_dict(dsr.overall)
     scenes = {scene: rate_dict(rate) for scene, rate in dsr.scenes.items()}
-    records = [{"response": r.response, "verdict": bool(r.verdict), "score": r.score} for r in dsr.records]
-    return overall, scenes, records
+    return overall, scenes, [record_row(r) for r in dsr.records]
+
+
+def record_row(record) -> dict:
+    """One ``tga_fast.evaluation.dsr.SampleRecord`` as the sweeps store it: ``{"response", "verdict", "score"}``."""
+    return {"response": record.response, "verdict": bool(record.verdict), "score": record.score}

@@ -72,8 +72,13 @@ def logit_lens(parts, states: torch.Tensor, layers: Sequence[int]) -> torch.Tens
     One LM-head matmul for all layers: the head's ``[V, D]`` weight (65 MB for a 32k x 512 fp32 head, 0.5 GB at
     7B scale) is read once, not once per layer as a lens inside every layer's hook would read it.
     """
-    normed = [states[i] if k == parts.num_layers else parts.final_norm(states[i]) for i, k in enumerate(layers)]
-    return parts.lm_head(torch.stack(normed)).float()
+    layers = list(layers)
+    if states.dim() != 3 or states.shape[0] != len(layers):
+        raise ValueError(f"states must be [L={len(layers)}, B, D] for layers {layers}, got {tuple(states.shape)}")
+    # One norm call over every layer (the norm is per row), then layer N's rows taken as they came.
+    already_normed = torch.tensor([k == parts.num_layers for k in layers], device=states.device)
+    normed = torch.where(already_normed[:, None, None], states, parts.final_norm(states))
+    return parts.lm_head(normed).float()
 
 
 @dataclass
@@ -182,16 +187,18 @@ def safety_layers(
                     model(**encoded.batch, use_cache=False, logits_to_keep=1)
                 probs = logit_lens(parts, cap.pooled[:, :, 0], layers).softmax(dim=-1)  # [N+1, b, V]
             start, end = locate_safety_layers(probs, refusal_ids, top_k, from_logits=False)
-            mass = probs[..., ids.to(probs.device)].sum(dim=-1).cpu()  # [N+1, b]
-            top = probs.argmax(dim=-1).cpu()  # [N+1, b]
+            # One device-to-host copy per batch, not one per sample and layer.
+            mass = probs[..., ids.to(probs.device)].sum(dim=-1).T.tolist()  # [b][N+1]
+            top = probs.argmax(dim=-1).T.tolist()  # [b][N+1]
+            start, end = start.tolist(), end.tolist()
             for i, sample in enumerate(batch_samples):
                 per_sample.append({
                     "id": str(sample.id),
                     "scene": sample.scene,
-                    "start": int(start[i]),
-                    "end": int(end[i]),
-                    "refusal_mass": mass[:, i].tolist(),
-                    "top_tokens": [tokenizer.decode([t]) for t in top[:, i].tolist()],
+                    "start": start[i],
+                    "end": end[i],
+                    "refusal_mass": mass[i],
+                    "top_tokens": [tokenizer.decode([t]) for t in top[i]],
                 })
             bar.update(len(batch_samples))
     return summarize_safety_layers(

@@ -5,7 +5,8 @@ text tokens' mean hidden state at every HF layer l is kept (``capture``). Then, 
 ([1, 5], [6, 10], ... in HF numbering: layer k is ``hidden_states[k]``, what block k+1 reads), that text state of
 layer l (times ``scale``) is added to every image token's hidden state at each layer l of the window while the
 model answers the image request (:func:`tga_fast.models.steer`), and the DSR is measured. The paper's claim:
-DSR on toxic images rises when the window covers the safety layers.
+DSR on toxic images rises when the window covers the safety layers. (Layer N, the final norm's output, feeds
+no later block: steering there changes only the image positions' logits, never the answer.)
 
     result = steering_sweep(model, processor, samples, window=5)
     result.steered[i]["rate"], result.baseline["rate"]
@@ -18,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.results import AnalysisResult, layer_windows, rate_dict
+from tga_fast.analysis.results import AnalysisResult, layer_windows, rate_dict, record_row
 
 __all__ = ["SteeringSweepResult", "steering_sweep"]
 
@@ -120,7 +121,7 @@ def steering_sweep(
             states = _text_states(model, processor, batch_samples, layers, options) * scale  # [N, b, D]
             plain = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples), **common)
             rows = [{"id": str(s.id), "scene": s.scene, "prompt": r.prompt,
-                     "baseline": {"response": r.response, "verdict": bool(r.verdict), "score": r.score},
+                     "baseline": record_row(r),
                      "steered": []} for s, r in zip(batch_samples, plain.records)]
             for first, last in windows:
                 window_layers = list(range(first, last + 1))
@@ -128,7 +129,7 @@ def steering_sweep(
                 dsr = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples),
                                    intervention=steering(window_layers, vectors), **common)
                 for row, r in zip(rows, dsr.records):
-                    row["steered"].append({"response": r.response, "verdict": bool(r.verdict), "score": r.score})
+                    row["steered"].append(record_row(r))
             per_sample.extend(rows)
             bar.update(len(batch_samples))
 
