@@ -76,6 +76,7 @@ def tga_alignment_loss(
     pair_power: float = 1.0,
     hinge_power: float = 2.0,
     faithful_reference: bool = False,
+    hinge_mask: torch.Tensor | None = None,
     hidden: Sequence[torch.Tensor] | torch.Tensor | None = None,
     spans: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
@@ -93,6 +94,8 @@ def tga_alignment_loss(
         pair_weight, hinge_weight: w_pair (1/4) and w_hinge (1/10).
         pair_power, hinge_power: the exponents of (1 - t) (1 and 2 in the paper).
         faithful_reference: return the released code's numbers as constants (no gradient).
+        hinge_mask: bool ``[B]``, optional; samples with False add no hinge term (a sample without retrieved text
+            has an empty retrieved span, whose cosine 0 is no comparison), but still count in B.
 
     Returns:
         :class:`AlignmentTerms` with scalar ``pair`` and ``hinge`` (fp32) and the cosines.
@@ -122,8 +125,13 @@ def tga_alignment_loss(
     if retrieved_cos is None:
         hinge = torch.zeros((), device=image_cos.device)
     else:
+        hinge_keep = keep
+        if hinge_mask is not None:
+            if hinge_mask.shape != (batch,):
+                raise ValueError(f"hinge_mask must be a bool tensor of shape [B] = [{batch}], got {tuple(hinge_mask.shape)}")
+            hinge_keep = keep * hinge_mask.to(device=image_cos.device, dtype=torch.bool).float()
         margin = retrieved_cos.float() - image_cos
-        hinge = schedule(progress, hinge_power) * hinge_weight * scale * (torch.exp(margin) * keep).sum()
+        hinge = schedule(progress, hinge_power) * hinge_weight * scale * (torch.exp(margin) * hinge_keep).sum()
     if faithful_reference:
         pair, hinge = pair.detach(), hinge.detach()
     return AlignmentTerms(pair=pair, hinge=hinge, image_cos=image_cos, retrieved_cos=retrieved_cos)

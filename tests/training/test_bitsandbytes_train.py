@@ -1,0 +1,108 @@
+"""bitsandbytes paths: the 8-bit AdamW (``--optim adamw_bnb_8bit``) and a 4-bit frozen LLM under a trained projector."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import pytest
+import torch
+
+from tests.training.train_helpers import base_args, save_tiny_model, step_losses, write_data
+from tga_fast.models import resolve
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torchvision.*")
+        yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bnb")
+    return save_tiny_model(root / "model"), write_data(root / "data")
+
+
+def test_adamw_8bit_optimizer_steps(files, tmp_path):
+    from tga_fast.training.train import main
+
+    out = tmp_path / "out"
+    metrics = main(base_args(*files, out, optim="adamw_bnb_8bit", max_steps=2, target_layers=[1, 2], train_llm="true"))
+    losses = step_losses(out)
+    assert sorted(losses) == [1, 2] and all(torch.isfinite(torch.tensor(list(losses.values()))))
+    assert metrics["trainable"]["llm_trainable"] > 0
+
+
+def test_4bit_frozen_llm_trains_the_projector(files, tmp_path):
+    from safetensors.torch import load_file
+
+    from tga_fast.training.config import ModelConfig
+    from tga_fast.training.stages import load_model
+    from tga_fast.training.train import main
+
+    model_path, _ = files
+    config = ModelConfig(model_name_or_path=str(model_path), load_in_4bit=True, bnb_4bit_compute_dtype="float32")
+    try:
+        quantized, _ = load_model(config)
+    except Exception as error:  # bitsandbytes without a CPU 4-bit backend here
+        pytest.skip(f"bitsandbytes 4-bit on this CPU: {error}")
+    parts = resolve(quantized)
+    kinds = {type(m).__name__ for m in parts.decoder_layers.modules()}
+    assert "Linear4bit" in kinds  # the LLM is quantised ...
+    for part in (parts.vision_tower, parts.projector, parts.lm_head):  # ... the rest is not
+        assert not any(type(m).__name__ == "Linear4bit" for m in part.modules())
+
+    out = tmp_path / "out"
+    before = {k: v.clone() for k, v in resolve(quantized).projector.state_dict().items()}
+    metrics = main(base_args(
+        *files, out, load_in_4bit="true", bnb_4bit_compute_dtype="float32", max_steps=2, target_layers=[1, 2],
+        save_full_model="false",
+    ))  # fmt: skip
+    assert metrics["trainable"]["projector_trainable"] > 0 and "llm_trainable" not in metrics["trainable"]
+    assert sorted(step_losses(out)) == [1, 2]
+    exported = load_file(str(out / "projector.safetensors"))
+    changed = [k for k, v in before.items() if not torch.equal(exported[f"model.multi_modal_projector.{k}"], v)]
+    assert changed, "the projector did not train"
+
+
+def test_4bit_projector_gradient_matches_the_dequantized_model(files, tmp_path):
+    """The oracle: the same model with the 4-bit weights dequantized to fp32. The teacher pass (eval, no grad)
+    runs first, as in training, so a layer that switched to a kernel without backward would show here."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    from tga_fast.training.collator import TGACollator
+    from tga_fast.training.config import ModelConfig, TGAConfig, TrainConfig
+    from tga_fast.training.data import TGADataset
+    from tga_fast.training.stages import freeze_for_stage, load_model
+    from tga_fast.training.trainer import TGATrainer
+
+    model_path, data_path = files
+    try:
+        quantized, processor = load_model(
+            ModelConfig(model_name_or_path=str(model_path), load_in_4bit=True, bnb_4bit_compute_dtype="float32")
+        )
+    except Exception as error:
+        pytest.skip(f"bitsandbytes 4-bit on this CPU: {error}")
+    reference, _ = load_model(ModelConfig(model_name_or_path=str(model_path), dtype="float32"))
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if type(module).__name__ == "Linear4bit":
+                weight = dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+                reference.get_submodule(name).weight.copy_(weight.view_as(reference.get_submodule(name).weight))
+    dataset = TGADataset(data_path, processor, progress=False)
+    batch = TGACollator(processor)([dataset[i] for i in (0, 1, 2, 5)])
+    grads = []
+    for model in (quantized, reference):
+        freeze_for_stage(model, train_llm=False)
+        args = TrainConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        trainer = TGATrainer(model=model, args=args, tga=TGAConfig(target_layers=[1, 2]), target_layers=[1, 2])
+        for _ in range(2):  # the second step runs after a teacher pass has already run on every layer
+            model.zero_grad()
+            trainer.compute_loss(model.train(), dict(batch)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in resolve(model).projector.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)

@@ -1,0 +1,96 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 with two CPU processes (gloo) under torchrun, against one process on the same data.
+
+Two processes with batch 2 each see, step by step, the batches one process with batch 4 sees (the Trainer shards
+each global batch), so the logged losses must agree. ZeRO-3 also checkpoints at step 2, exports the projector
+(gathered from its partitions) and resumes from the ZeRO checkpoint: the resumed step 3 equals the uninterrupted
+one. Kept lean for a 2-core CI: a 4-layer LLaVA, 3 steps, three launches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from tests.training.train_helpers import ROOT, base_args, free_port, save_tiny_model, step_losses, subprocess_env, write_data
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+
+# The shared-memory op DeepSpeed compiles at init on a CPU (about 30 s) is not needed with gloo.
+ENTRY = """
+import importlib, sys
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+from tga_fast.training.train import main
+main(sys.argv[1:])
+"""
+OPTIONS = dict(max_steps=3, target_layers=[1, 2], train_llm="true", learning_rate=3e-3, save_full_model="false")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The model, the data, and the single-process run everything is compared with."""
+    from tga_fast.training.train import main
+
+    root = tmp_path_factory.mktemp("deepspeed")
+    model, data = save_tiny_model(root / "model"), write_data(root / "data")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        main(base_args(model, data, root / "single", per_device_train_batch_size=4, **OPTIONS))
+    entry = root / "entry.py"
+    entry.write_text(ENTRY)
+    return root, model, data, entry
+
+
+def launch(entry, args, processes=2):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), str(entry), *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    noise = ("Warning", "return func", "warnings.warn")
+    log = "\n".join(line for line in (result.stdout + result.stderr).splitlines() if not any(n in line for n in noise))
+    assert result.returncode == 0, log[-3000:] + "\n...\n" + "\n".join(l for l in log.splitlines() if "rank1" in l or "terminate" in l or "what()" in l)[-3000:]
+    return result
+
+
+def assert_same_losses(got: dict, want: dict, steps):
+    for step in steps:
+        assert got[step] == pytest.approx(want[step], rel=2e-5, abs=1e-6), (step, got, want)
+
+
+def test_zero2_two_processes_match_one(setup):
+    root, model, data, entry = setup
+    out = root / "zero2"
+    deepspeed = str(ROOT / "configs" / "deepspeed" / "zero2.json")
+    launch(entry, base_args(model, data, out, per_device_train_batch_size=2, deepspeed=deepspeed, **OPTIONS))
+    assert_same_losses(step_losses(out), step_losses(root / "single"), [1, 2, 3])
+
+
+def test_zero3_two_processes_match_one_export_and_resume(setup):
+    from safetensors.torch import load_file
+
+    root, model, data, entry = setup
+    out = root / "zero3"
+    deepspeed = str(ROOT / "configs" / "deepspeed" / "zero3.json")
+    options = dict(OPTIONS, per_device_train_batch_size=2, deepspeed=deepspeed, save_strategy="steps", save_steps=2)
+    launch(entry, base_args(model, data, out, **options))
+    single = step_losses(root / "single")
+    straight = step_losses(out)
+    assert_same_losses(straight, single, [1, 2, 3])
+
+    # the projector gathered from the ZeRO-3 partitions is the one the single process trained
+    exported = load_file(str(out / "projector.safetensors"))
+    reference = load_file(str(root / "single" / "projector.safetensors"))
+    assert sorted(exported) == sorted(reference)
+    for key, value in reference.items():
+        torch.testing.assert_close(exported[key], value, rtol=1e-4, atol=1e-5)
+
+    # resume from the ZeRO checkpoint of step 2 (weights, optimizer partitions, scheduler, data position)
+    assert (out / "checkpoint-2").is_dir() and any((out / "checkpoint-2").glob("global_step2"))
+    resumed = root / "zero3-resumed"
+    launch(entry, base_args(model, data, resumed, resume_from_checkpoint=str(out / "checkpoint-2"), **options))
+    assert_same_losses(step_losses(resumed), straight, [3])

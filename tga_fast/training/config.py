@@ -1,0 +1,288 @@
+"""Training configuration: four dataclasses parsed by ``HfArgumentParser`` from argv or a JSON/YAML file.
+
+``ModelConfig`` (what to load and what trains), ``DataConfig`` (LLaVA-format data), ``TGAConfig`` (the alignment
+terms of METHOD.md section 4) and ``TrainConfig`` (``transformers.TrainingArguments`` plus two export options).
+``TrainingArguments`` stays the one source of truth for batch size, precision and schedule: the DeepSpeed JSONs
+in ``configs/deepspeed`` say ``"auto"`` for those.
+
+    model, data, tga, train = parse_config(["configs/stage1_pretrain.json", "--data_path", "caps.jsonl"])
+
+A file given first supplies defaults; options after it override them. Every ``__post_init__`` raises a
+``ValueError`` that names the field (``TGAConfig.pair_weight must be >= 0, got -1``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+from transformers import HfArgumentParser, TrainingArguments
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PAPER_LAYERS",
+    "TGAConfig",
+    "TrainConfig",
+    "default_target_layers",
+    "parse_config",
+    "resolve_target_layers",
+]
+
+logger = logging.getLogger(__name__)
+
+# The released code trains hidden_states[10..18] of 32-layer 7B models (METHOD.md 3A / 4).
+PAPER_LAYERS = (10, 18)
+PAPER_DEPTH = 32
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _fail(owner: str, name: str, message: str) -> None:
+    raise ValueError(f"{owner}.{name} {message}")
+
+
+@dataclass
+class ModelConfig:
+    """What is loaded and what trains. The vision tower is always frozen (METHOD.md 4)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "local Hugging Face folder of a LLaVA-style model (save_pretrained layout)"}
+    )
+    train_llm: bool = field(
+        default=False,
+        metadata={"help": "stage 2: train the LLM with the projector; False: projector only (stage 1, or stage 2's option)"},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": f"weights dtype at load, one of {DTYPES}; auto: bfloat16 with --bf16, float16 with --fp16, else float32"},
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "bitsandbytes 4-bit LLM (frozen; projector-only runs); vision tower, projector and lm_head stay unquantised"},
+    )
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "nf4 or fp4"})
+    bnb_4bit_compute_dtype: str = field(default="bfloat16", metadata={"help": "float32, bfloat16 or float16"})
+    bnb_4bit_use_double_quant: bool = field(default=False)
+    trust_remote_code: bool = field(default=False, metadata={"help": "only if you trust the model folder's code"})
+    projector_path: str | None = field(
+        default=None, metadata={"help": "start from this projector.safetensors (stage 1's export) instead of the folder's"}
+    )
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            _fail("ModelConfig", "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"):
+            _fail("ModelConfig", "attn_implementation", f"is not an attention implementation: {self.attn_implementation!r}")
+        if self.load_in_4bit and self.train_llm:
+            _fail("ModelConfig", "load_in_4bit", "freezes the LLM: it needs train_llm=False (a projector-only run)")
+        if self.projector_path is not None and not Path(self.projector_path).is_file():
+            _fail("ModelConfig", "projector_path", f"is not a file: {self.projector_path}")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            _fail("ModelConfig", "bnb_4bit_quant_type", f"must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
+        if self.bnb_4bit_compute_dtype not in DTYPES[1:]:
+            _fail("ModelConfig", "bnb_4bit_compute_dtype", f"must be one of {DTYPES[1:]}, got {self.bnb_4bit_compute_dtype!r}")
+
+    def require_model(self) -> str:
+        if not self.model_name_or_path:
+            _fail("ModelConfig", "model_name_or_path", "is required (a local model folder)")
+        return self.model_name_or_path
+
+
+@dataclass
+class DataConfig:
+    """LLaVA-format JSON/JSONL with ``caption``, ``retrieved`` and ``toxic`` per record."""
+
+    data_path: str | None = field(default=None, metadata={"help": "LLaVA-format .json or .jsonl"})
+    image_folder: str | None = field(default=None, metadata={"help": "root of the records' image paths (default: the data file's folder)"})
+    max_length: int = field(default=1200, metadata={"help": "longest tokenized sample (METHOD.md 4: 1200)"})
+    use_retrieved: bool = field(
+        default=True, metadata={"help": "put 'Retrieved Text: ...' before the image (False: no retrieved text, no hinge)"}
+    )
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            _fail("DataConfig", "max_length", f"must be >= 1, got {self.max_length}")
+
+    def require_data(self) -> str:
+        if not self.data_path:
+            _fail("DataConfig", "data_path", "is required (a LLaVA-format .json or .jsonl file)")
+        if not Path(self.data_path).is_file():
+            _fail("DataConfig", "data_path", f"is not a file: {self.data_path}")
+        return self.data_path
+
+
+@dataclass
+class TGAConfig:
+    """The alignment terms (METHOD.md 4): L = L_CE + L_pair + L_hinge over the target layers."""
+
+    align: bool = field(default=True, metadata={"help": "add the TGA terms; False trains with the LM loss only"})
+    target_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "HF layer numbers (hidden_states[k]); default 10..18 for 32-layer models, scaled to other depths"
+        },
+    )
+    lm_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of L_CE (1 in the method; 0 trains the alignment terms alone, a diagnostic)"}
+    )
+    pair_weight: float = field(default=0.25, metadata={"help": "w_pair"})
+    hinge_weight: float = field(default=0.1, metadata={"help": "w_hinge"})
+    pair_power: float = field(default=1.0, metadata={"help": "L_pair decays as (1 - t) ** pair_power"})
+    hinge_power: float = field(default=2.0, metadata={"help": "L_hinge decays as (1 - t) ** hinge_power"})
+    faithful_reference: bool = field(
+        default=False, metadata={"help": "reproduce the released code: the terms are constants (no gradient)"}
+    )
+    teacher_template: str = field(
+        default="chat", metadata={"help": "the teacher prompt: 'chat' = the caption alone in the model's chat template"}
+    )
+
+    def __post_init__(self):
+        for name in ("lm_loss_weight", "pair_weight", "hinge_weight", "pair_power", "hinge_power"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                _fail("TGAConfig", name, f"must be a number >= 0, got {value!r}")
+        if self.target_layers is not None:
+            layers = list(self.target_layers)
+            if not layers:
+                _fail("TGAConfig", "target_layers", "is empty")
+            if any(not isinstance(k, int) or k < 1 for k in layers):
+                _fail("TGAConfig", "target_layers", f"must be layer numbers >= 1 (1 = first decoder block), got {layers}")
+            if len(set(layers)) != len(layers):
+                _fail("TGAConfig", "target_layers", f"has duplicates: {layers}")
+        if self.teacher_template != "chat":
+            _fail("TGAConfig", "teacher_template", f"must be 'chat', got {self.teacher_template!r}")
+
+
+def default_target_layers(num_layers: int) -> list[int]:
+    """METHOD.md's 10..18 for a 32-layer LLM, scaled by depth for others (a 4-layer LLM gets [1, 2])."""
+    if num_layers == PAPER_DEPTH:
+        return list(range(PAPER_LAYERS[0], PAPER_LAYERS[1] + 1))
+    def scaled(layer: int) -> int:  # rounded half up
+        return int(layer * num_layers / PAPER_DEPTH + 0.5)
+
+    start = max(1, scaled(PAPER_LAYERS[0]))
+    end = min(num_layers, max(start, scaled(PAPER_LAYERS[1])))
+    return list(range(start, end + 1))
+
+
+def resolve_target_layers(config: TGAConfig, num_layers: int) -> list[int]:
+    """The layers to align for an LLM of ``num_layers`` decoder blocks (validated against its depth)."""
+    if config.target_layers is None:
+        layers = default_target_layers(num_layers)
+        if num_layers != PAPER_DEPTH:
+            logger.warning(
+                "TGAConfig.target_layers not set: the paper's 10..18 are for 32 layers; this LLM has %d, so the "
+                "scaled default %s is used (set target_layers to choose)", num_layers, layers,
+            )
+        return layers
+    bad = [k for k in config.target_layers if not 1 <= k <= num_layers]
+    if bad:
+        _fail("TGAConfig", "target_layers", f"{bad} out of range: this LLM has hidden_states[1..{num_layers}]")
+    return list(config.target_layers)
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    """``TrainingArguments`` with TGA defaults: the collator's extra fields are not model inputs, so
+    ``remove_unused_columns`` is False; gradient checkpointing is non-reentrant, because a reentrant checkpoint
+    runs the forward under ``no_grad`` and the cosines captured inside a layer would have no gradient."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "must stay False: the teacher batch and spans are not model arguments"}
+    )
+    export_projector: bool = field(
+        default=True, metadata={"help": "write <output_dir>/projector.safetensors at the end (gathered under ZeRO-3)"}
+    )
+    group_by_modality: bool = field(
+        default=True,
+        metadata={"help": "each step all image or all text-only samples on every process (needed by ZeRO/DDP with mixed data)"},
+    )
+    save_full_model: bool = field(
+        default=True, metadata={"help": "save the whole model at the end (False: the projector export only)"}
+    )
+
+    def __post_init__(self):
+        if self.remove_unused_columns:
+            _fail("TrainConfig", "remove_unused_columns", "must be False: the TGA collator's teacher batch and spans "
+                  "are not arguments of the model's forward")
+        super().__post_init__()  # resolves the deprecated gradient_checkpointing* aliases and JSON dict strings
+        if self.activation_checkpointing:
+            kwargs = dict(self.activation_checkpointing_kwargs or {})
+            if kwargs.get("use_reentrant", False):
+                _fail("TrainConfig", "activation_checkpointing_kwargs", "use_reentrant=True is not supported: a "
+                      "reentrant checkpoint runs the layers under no_grad, so the captured cosines would have no gradient")
+            kwargs["use_reentrant"] = False
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs = kwargs
+        if self.torch_compile:
+            logger.warning("TrainConfig.torch_compile=True: the capture hooks run inside the compiled model; untested")
+
+
+CONFIG_CLASSES = (ModelConfig, DataConfig, TGAConfig, TrainConfig)
+
+
+def _load_file(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold one mapping of option names to values")
+    return values
+
+
+def _pop_config_file(argv: list[str], parser: HfArgumentParser) -> Path | None:
+    """Removes and returns the config file: ``--config FILE``, or the first .json/.yaml/.yml argument that is not
+    an option's value (``--deepspeed configs/deepspeed/zero3.json`` is one, wherever it stands)."""
+    takes_value = {
+        option for action in parser._actions if action.nargs != 0 and action.nargs != "?" for option in action.option_strings
+    }
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    if path is None:
+        for i, arg in enumerate(argv):
+            if Path(arg).suffix in (".json", ".yaml", ".yml") and not (i and argv[i - 1] in takes_value):
+                path = argv.pop(i)
+                break
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ValueError(f"config file not found: {path}")
+    return Path(path)
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[ModelConfig, DataConfig, TGAConfig, TrainConfig]:
+    """``(model, data, tga, train)`` from argv. A config file (``--config FILE``, or an argument ending in
+    .json/.yaml/.yml that is no option's value) supplies defaults that the other options override, wherever it
+    stands. Unknown keys are errors."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(CONFIG_CLASSES)
+    path = _pop_config_file(argv, parser)
+    if path is not None:
+        values = _load_file(path)
+        known = {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown options {unknown}")
+        # Defaults, not values: argparse then lets the command line override them and still converts strings.
+        parser.set_defaults(**values)
+    model, data, tga, train, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if rest:
+        raise ValueError(f"unknown options: {rest}")
+    return model, data, tga, train
