@@ -80,6 +80,7 @@ def test_checkpointing_is_non_reentrant():
     config = TrainConfig(output_dir="o", gradient_checkpointing=True)  # the deprecated alias too
     assert config.activation_checkpointing and config.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert TrainConfig(output_dir="o").remove_unused_columns is False
+    assert TrainConfig(output_dir="o").ddp_find_unused_parameters is False  # also without checkpointing
 
 
 def test_parse_argv():
@@ -120,6 +121,11 @@ def test_preset_overrides_and_launcher_arguments(tmp_path):
     zero3 = str(CONFIGS / "deepspeed" / "zero3.json")
     model, _, _, train = parse_config(["--local_rank=0", "--deepspeed", zero3, preset, "--output_dir", str(tmp_path), "--use_cpu", "true"])
     assert model.train_llm and train.deepspeed == zero3 and train.learning_rate == 2e-6
+    # --option=value spellings of .json values are values too, not the preset
+    model, data, _, train = parse_config(
+        [f"--deepspeed={zero3}", preset, "--data_path=data.json", "--output_dir", str(tmp_path), "--use_cpu", "true"]
+    )
+    assert train.deepspeed == zero3 and data.data_path == "data.json" and model.train_llm
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"learning_rate": 1e-3, "pair_wieght": 0.5}))
     with pytest.raises(ValueError, match="pair_wieght"):

@@ -1,9 +1,10 @@
-"""DeepSpeed ZeRO-2 and ZeRO-3 with two CPU processes (gloo) under torchrun, against one process on the same data.
+"""DeepSpeed ZeRO-2 and ZeRO-3, and plain DDP, with two CPU processes (gloo) under torchrun, against one process on
+the same data.
 
 Two processes with batch 2 each see, step by step, the batches one process with batch 4 sees (the Trainer shards
 each global batch), so the logged losses must agree. ZeRO-3 also checkpoints at step 2, exports the projector
 (gathered from its partitions) and resumes from the ZeRO checkpoint: the resumed step 3 equals the uninterrupted
-one. Kept lean for a 2-core CI: a 4-layer LLaVA, 3 steps, three launches.
+one. Kept lean for a 2-core CI: a 4-layer LLaVA, 3 steps, five launches.
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def test_zero2_two_processes_match_one(setup):
     deepspeed = str(ROOT / "configs" / "deepspeed" / "zero2.json")
     launch(entry, base_args(model, data, out, per_device_train_batch_size=2, deepspeed=deepspeed, **OPTIONS))
     assert_same_losses(step_losses(out), step_losses(root / "single"), [1, 2, 3])
+    # the TGA metrics gathered over the two processes are the single process's (cosines: over all aligned samples)
+    for key in ("ce", "pair", "hinge", "cos/layer_2"):
+        got, want = step_losses(out, key), step_losses(root / "single", key)
+        assert sorted(got) == sorted(want) and want, key
+        assert_same_losses(got, want, sorted(want))
+
+
+@pytest.mark.parametrize("find_unused", ["default", "true"])
+def test_ddp_two_processes_match_one(setup, find_unused):
+    """torchrun without DeepSpeed (DDP over gloo): the teacher pass (a second, no-grad forward through the DDP
+    wrapper, ended early) and the text-only steps keep the ranks in step. By default (find_unused_parameters False)
+    the projector gets the same zero gradient on a text-only step as in one process, so every loss matches; with
+    find_unused_parameters=True DDP leaves its gradient None there (AdamW then skips it), so only the steps up to
+    the first text-only one (step 2 here) match, and the run must not fail."""
+    root, model, data, entry = setup
+    out = root / f"ddp-{find_unused}"
+    extra = {} if find_unused == "default" else {"ddp_find_unused_parameters": "true"}
+    launch(entry, base_args(model, data, out, per_device_train_batch_size=2, **extra, **OPTIONS))
+    assert_same_losses(step_losses(out), step_losses(root / "single"), [1, 2, 3] if find_unused == "default" else [1, 2])
 
 
 def test_zero3_two_processes_match_one_export_and_resume(setup):

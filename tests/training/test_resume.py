@@ -1,6 +1,7 @@
 """Save, kill, resume: a run killed right after its step-2 checkpoint and resumed from it logs the same losses as
-the run that was never interrupted (Trainer checkpoints: weights, optimizer, scheduler, RNG and data position).
-DeepSpeed ZeRO checkpoints are resumed in test_deepspeed.py."""
+the run that was never interrupted (Trainer checkpoints: weights, optimizer, scheduler, RNG and data position;
+the pair and hinge terms at the resumed steps also check t = step / max_steps). The checkpoint loader on its own:
+one file, shards, tied weights, a wrong model. DeepSpeed ZeRO checkpoints are resumed in test_deepspeed.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import warnings
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.training.train_helpers import ROOT, base_args, save_tiny_model, step_losses, subprocess_env, write_data
 
@@ -65,3 +68,49 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, resumed, straight)
     # the uninterrupted and the resumed runs differ from a run that restarts from scratch only in what they load
     assert resumed[3] != pytest.approx(straight[1], rel=1e-3)
+
+
+def _tiny(tied: bool = False, layers: int = 4):
+    """A tiny random LLaVA; ``tied``: a Qwen2 backbone whose lm_head shares the embedding matrix."""
+    from transformers import LlavaForConditionalGeneration
+
+    from tga_fast.models.tiny import tiny_vlm
+
+    model, _ = tiny_vlm("llava", "qwen2" if tied else "llama", layers=layers)
+    if tied:
+        model.config.tie_word_embeddings = model.config.text_config.tie_word_embeddings = True
+        torch.manual_seed(0)
+        model = LlavaForConditionalGeneration(model.config)
+        assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    return model
+
+
+@pytest.mark.parametrize("layout", ["one_file", "sharded", "tied"])
+def test_checkpoint_weights_come_back_under_the_models_names(tmp_path, layout):
+    """A checkpoint in save_pretrained's layout (LLaVA keys renamed back) reloads every weight; transformers 5.24's
+    own loader matches none of them (the reason for the override)."""
+    from tga_fast.training.checkpoints import load_renamed_checkpoint
+
+    trained = _tiny(tied=layout == "tied")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    trained.save_pretrained(tmp_path, max_shard_size="100KB" if layout == "sharded" else "50GB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() == (layout == "sharded")
+    saved = set(load_file(str(next(tmp_path.glob("*.safetensors")))))
+    assert not saved & set(trained.state_dict())  # the saved names are not the model's
+
+    model = _tiny(tied=layout == "tied")
+    assert load_renamed_checkpoint(model, tmp_path)
+    want = trained.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, want[name]), name
+
+
+def test_checkpoint_of_another_model_is_an_error(tmp_path):
+    from tga_fast.training.checkpoints import load_renamed_checkpoint
+
+    _tiny(layers=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not match the model: missing"):
+        load_renamed_checkpoint(_tiny(layers=4), tmp_path)
+    assert not load_renamed_checkpoint(_tiny(), tmp_path / "no_such_checkpoint")  # nothing here: transformers' path

@@ -148,33 +148,69 @@ def test_gradient_checkpointing_gives_the_same_gradient(files, tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(files, tmp_path):
-    """Batch 4 in one step == batch 2 twice with accumulation: the same loss and the same update."""
+    """Batch 4 in one step == batch 2 twice with accumulation: the same loss, the same t for both micro-batches
+    (t = optimizer step / max_steps), hence the same terms, cosines and update (SGD: the update is the gradient)."""
     runs = []
     for batch, accumulation in ((4, 1), (2, 2)):
         trainer, _ = make_trainer(
-            files, tmp_path / f"b{batch}", indices=IMAGE_SAMPLES, max_steps=2, per_device_train_batch_size=batch,
-            gradient_accumulation_steps=accumulation,
+            files, tmp_path / f"b{batch}", indices=IMAGE_SAMPLES, max_steps=3, per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, optim="sgd",
         )  # fmt: skip
+        initial = [p.detach().clone() for p in resolve(trainer.model).projector.parameters()]
         trainer.train()
-        runs.append((logged(trainer, "loss"), logged(trainer, "pair"), grads_of(resolve(trainer.model).projector)))
-    (loss, pair, _), (loss_ga, pair_ga, _) = runs
-    assert loss_ga == pytest.approx(loss, rel=1e-4)
-    assert pair_ga == pytest.approx(pair, rel=1e-4)
+        final = [p.detach().clone() for p in resolve(trainer.model).projector.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(initial, final))
+        logs = {key: logged(trainer, key) for key in ("loss", "pair", "hinge", "cos/layer_2")}
+        runs.append((logs, torch.cat([p.flatten() for p in final])))
+    (logs, projector), (logs_ga, projector_ga) = runs
+    for key, values in logs.items():
+        assert len(values) == 3 and logs_ga[key] == pytest.approx(values, rel=1e-4), key
+    torch.testing.assert_close(projector_ga, projector, rtol=1e-4, atol=1e-6)
+
+
+def test_teacher_pass_restores_every_modules_mode(files, tmp_path):
+    """The teacher pass runs in eval mode, the student pass in train mode, and afterwards (also after an error in
+    the teacher pass) every module is back in its own mode: a module the user keeps in eval stays there."""
+    trainer, batch = make_trainer(files, tmp_path)
+    model = trainer.model.train()
+    parts = resolve(model)
+    parts.vision_tower.eval()
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen = []
+    hook = parts.decoder_layers[0].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        trainer.compute_loss(model, dict(batch))
+        assert seen == [False, True]  # teacher (eval), student (train)
+        assert {name: module.training for name, module in model.named_modules()} == modes
+        bad = dict(batch, teacher_spans=batch["teacher_spans"] + 10_000)  # fails inside the teacher forward
+        with pytest.raises(ValueError):
+            trainer.compute_loss(model, bad)
+        assert {name: module.training for name, module in model.named_modules()} == modes
+    finally:
+        hook.remove()
 
 
 def test_bf16_autocast_step(files, tmp_path):
-    trainer, _ = make_trainer(files, tmp_path, max_steps=2, bf16=True)
-    trainer.train()
-    losses = logged(trainer, "loss")
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    """bf16 autocast (teacher and student passes): the first step's loss and terms are fp32's within bf16 error."""
+    runs = {}
+    for bf16 in (False, True):
+        trainer, _ = make_trainer(files, tmp_path / str(bf16), max_steps=2, bf16=bf16)
+        trainer.train()
+        runs[bf16] = {key: logged(trainer, key) for key in ("loss", "pair", "hinge")}
+    assert len(runs[True]["loss"]) == 2 and all(torch.isfinite(torch.tensor(runs[True]["loss"])))
+    for key in ("loss", "pair", "hinge"):
+        assert runs[True][key][0] == pytest.approx(runs[False][key][0], rel=3e-2), key
 
 
 def test_batches_without_images_or_alignment(files, tmp_path):
-    """Toxic and text-only samples only: the LM loss trains, both alignment terms are exactly 0."""
+    """Toxic and text-only samples only: the LM loss trains alone (loss = CE), both alignment terms are exactly 0
+    and no cosine is logged."""
     trainer, _ = make_trainer(files, tmp_path, indices=(3, 4, 7), max_steps=2)
     trainer.train()
     assert logged(trainer, "pair") == [0.0, 0.0]
     assert logged(trainer, "hinge") == [0.0, 0.0]
+    assert logged(trainer, "ce") == pytest.approx(logged(trainer, "loss"), rel=1e-6)
+    assert not logged(trainer, "cos/layer_1")
 
 
 def test_hinge_mask_leaves_out_samples_without_retrieved_text():
@@ -253,8 +289,8 @@ def test_modality_grouped_sampler():
 
 def test_metrics_accumulate_without_host_reads(files, tmp_path, monkeypatch):
     """What the trainer adds after the forward (the terms and the metric sums) reads nothing back to the host;
-    the values become floats only in the log."""
-    trainer, batch = make_trainer(files, tmp_path)
+    the values become floats only in the log. The batch mixes image samples with a toxic and a text-only one."""
+    trainer, batch = make_trainer(files, tmp_path, indices=(0, 1, 3, 4))
     model = trainer.model.train()
     hf_model = model
     extras = {key: batch[key] for key in ("teacher_input_ids", "teacher_attention_mask", "teacher_spans")}
@@ -279,3 +315,11 @@ def test_metrics_accumulate_without_host_reads(files, tmp_path, monkeypatch):
         trainer._record(ce, None, None, None, ga_scaled=False)
     logs = trainer._flush_metrics()
     assert logs["pair"] == pytest.approx(terms.pair.item()) and logs["ce"] == pytest.approx(2 * ce.item())
+    # the cosine is the mean over the aligned samples only: the text-only micro-batch does not dilute it
+    align = batch["align"].float()
+    assert 0 < align.sum() < len(align)  # the batch mixes aligned and not aligned samples
+    expected = (cosines[..., 0] * align).sum(dim=1) / align.sum()
+    for layer, value in zip(trainer.target_layers, expected.tolist()):
+        assert logs[f"cos/layer_{layer}"] == pytest.approx(value, rel=1e-5)
+    trainer._record(ce, None, None, None, ga_scaled=False)  # a window without aligned samples logs no cosine
+    assert not any(key.startswith("cos/") for key in trainer._flush_metrics())

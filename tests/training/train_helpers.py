@@ -51,10 +51,11 @@ def base_args(model: Path, data: Path, out: Path, **overrides) -> list[str]:
     return args
 
 
-def step_losses(output_dir: Path) -> dict[int, float]:
-    """``{step: logged loss}`` from the run's ``log_history.json``."""
+def step_losses(output_dir: Path, key: str = "loss") -> dict[int, float]:
+    """``{step: logged value}`` of ``key`` (the loss, or ``ce``, ``pair``, ``cos/layer_2``, ...) from the run's
+    ``log_history.json``."""
     history = json.loads((Path(output_dir) / "log_history.json").read_text())
-    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+    return {entry["step"]: entry[key] for entry in history if key in entry}
 
 
 def free_port() -> int:

@@ -87,6 +87,7 @@ class ModelConfig:
             _fail("ModelConfig", "bnb_4bit_compute_dtype", f"must be one of {DTYPES[1:]}, got {self.bnb_4bit_compute_dtype!r}")
 
     def require_model(self) -> str:
+        """The model folder; ``ValueError`` naming the field when it is not set."""
         if not self.model_name_or_path:
             _fail("ModelConfig", "model_name_or_path", "is required (a local model folder)")
         return self.model_name_or_path
@@ -108,6 +109,7 @@ class DataConfig:
             _fail("DataConfig", "max_length", f"must be >= 1, got {self.max_length}")
 
     def require_data(self) -> str:
+        """The data file; ``ValueError`` naming the field when it is not set or not a file."""
         if not self.data_path:
             _fail("DataConfig", "data_path", "is required (a LLaVA-format .json or .jsonl file)")
         if not Path(self.data_path).is_file():
@@ -189,10 +191,20 @@ def resolve_target_layers(config: TGAConfig, num_layers: int) -> list[int]:
 class TrainConfig(TrainingArguments):
     """``TrainingArguments`` with TGA defaults: the collator's extra fields are not model inputs, so
     ``remove_unused_columns`` is False; gradient checkpointing is non-reentrant, because a reentrant checkpoint
-    runs the forward under ``no_grad`` and the cosines captured inside a layer would have no gradient."""
+    runs the forward under ``no_grad`` and the cosines captured inside a layer would have no gradient; DDP's
+    ``find_unused_parameters`` is False with or without checkpointing (the Trainer would turn it on without), so
+    that DDP, ZeRO and one process all give the projector the same zero gradient on text-only steps."""
 
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "must stay False: the teacher batch and spans are not model arguments"}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP: False (TGA's default) since every trainable part gets a gradient each step (text-only steps "
+            "give the projector a zero one); True lets DDP skip the projector on text-only steps (its gradient is "
+            "then None, so Adam leaves it alone there)"
+        },
     )
     export_projector: bool = field(
         default=True, metadata={"help": "write <output_dir>/projector.safetensors at the end (gathered under ZeRO-3)"}
@@ -239,7 +251,8 @@ def _load_file(path: Path) -> dict:
 
 def _pop_config_file(argv: list[str], parser: HfArgumentParser) -> Path | None:
     """Removes and returns the config file: ``--config FILE``, or the first .json/.yaml/.yml argument that is not
-    an option's value (``--deepspeed configs/deepspeed/zero3.json`` is one, wherever it stands)."""
+    an option's value (``--deepspeed configs/deepspeed/zero3.json`` and ``--data_path=data.json`` are values,
+    wherever they stand)."""
     takes_value = {
         option for action in parser._actions if action.nargs != 0 and action.nargs != "?" for option in action.option_strings
     }
@@ -255,7 +268,8 @@ def _pop_config_file(argv: list[str], parser: HfArgumentParser) -> Path | None:
             break
     if path is None:
         for i, arg in enumerate(argv):
-            if Path(arg).suffix in (".json", ".yaml", ".yml") and not (i and argv[i - 1] in takes_value):
+            is_value = arg.startswith("-") or (i and argv[i - 1] in takes_value)  # --deepspeed=x.json, --deepspeed x.json
+            if Path(arg).suffix in (".json", ".yaml", ".yml") and not is_value:
                 path = argv.pop(i)
                 break
     if path is None:

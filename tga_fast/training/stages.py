@@ -17,7 +17,7 @@ from tga_fast.models import resolve
 from tga_fast.models.adapters import ARCHITECTURES
 from tga_fast.training.config import ModelConfig
 
-__all__ = ["freeze_for_stage", "load_model", "parameter_counts"]
+__all__ = ["freeze_for_stage", "keep_4bit_layers_differentiable", "load_model", "parameter_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,26 @@ def load_model(config: ModelConfig):
         kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else "cpu"
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     if config.load_in_4bit:
-        # bitsandbytes 0.50 repacks a Linear4bit's weight for its AVX512-BF16 CPU kernel the first time the layer
-        # runs in eval mode without grad (the teacher pass); that kernel has no backward, so every later student
-        # pass would silently drop the LLM's Jacobian from the projector's gradient. Keep the trainable layout.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        keep_4bit_layers_differentiable(model)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     return model, processor
+
+
+def keep_4bit_layers_differentiable(model: nn.Module) -> int:
+    """Keeps every bitsandbytes ``Linear4bit`` in its differentiable weight layout; returns how many it touched.
+
+    Workaround (2026-11, bitsandbytes 0.50.2, CPU only): ``Linear4bit.forward`` repacks its weight for an
+    AVX512-BF16 kernel the first time it runs in eval mode on an input without grad (the teacher pass), and from
+    then on always takes that kernel, which has no backward: every later student pass would silently drop the
+    frozen LLM's Jacobian from the projector's gradient. The layer's own switch (``support_avx512bf16_for_cpu``,
+    set in its ``__init__``) turns the repacking off. GPU layers never repack; a no-op without bitsandbytes.
+    """
+    count = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def freeze_for_stage(model: nn.Module, train_llm: bool) -> dict[str, int]:

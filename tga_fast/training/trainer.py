@@ -11,15 +11,15 @@ Per step (METHOD.md section 4), on the collator's batch:
 3. ``L = L_CE + tga_alignment_loss(image_cos, retrieved_cos, progress=global_step / max_steps, ...)``.
 
 Nothing in the loss reads a value back to the host: the logged metrics (CE, pair, hinge, mean image cosine per
-target layer) are summed as detached tensors and converted to floats only when the Trainer logs. Both passes go
-through the model the Trainer hands in (the DeepSpeed engine or DDP wrapper), so ZeRO-3 gathers the parameters
-for the teacher pass too; the hooks sit on the HF model inside it.
+target layer over the aligned samples) are summed as detached tensors and converted to floats only when the
+Trainer logs. Both passes go through the model the Trainer hands in (the DeepSpeed engine or DDP wrapper), so
+ZeRO-3 gathers the parameters for the teacher pass too; the hooks, and the train/eval switch, act on the HF model
+inside it (a DeepSpeed engine's own ``training`` flag never changes).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,8 +27,10 @@ from torch import nn
 from transformers import Trainer
 
 from tga_fast.models import capture, resolve
+from tga_fast.training.checkpoints import load_renamed_checkpoint
 from tga_fast.training.config import TGAConfig
 from tga_fast.training.loss import tga_alignment_loss
+from tga_fast.training.stages import keep_4bit_layers_differentiable
 
 __all__ = ["EXTRA_KEYS", "TGATrainer"]
 
@@ -67,17 +69,20 @@ class TGATrainer(Trainer):
         if train_args is not None and train_args.remove_unused_columns:
             logger.warning("remove_unused_columns=True would drop the teacher batch and spans: set to False")
             train_args.remove_unused_columns = False
-        # transformers (5.24) refuses a quantised model without PEFT adapters, assuming nothing else can train; here
-        # the trainable part is the unquantised projector over a frozen 4-bit LLM. The flag it reads (an instance
-        # attribute transformers sets at load) is lowered for that check only.
+        # Workaround (2026-11, transformers 5.24): Trainer.__init__ (trainer_utils.validate_quantization_for_training)
+        # refuses a quantised model without PEFT adapters, assuming nothing else can train; here the trainable part
+        # is the unquantised projector over a frozen 4-bit LLM. The flag it reads (an instance attribute set by the
+        # quantizer at load) is lowered during __init__ only and restored; nothing later in training reads it.
         hide = bool(getattr(model, "is_quantized", False)) and _trains_only_unquantized(model)
         if hide:
-            model.is_quantized = False
+            quantized_flag, model.is_quantized = model.is_quantized, False
         try:
             super().__init__(*args, **kwargs)
         finally:
             if hide:
-                model.is_quantized = True
+                model.is_quantized = quantized_flag
+        if model is not None:
+            keep_4bit_layers_differentiable(model)
         self.tga = tga
         parts = resolve(self.model)
         self.target_layers = parts.check_layers(target_layers, "target_layers")
@@ -86,31 +91,40 @@ class TGATrainer(Trainer):
                 f"target_layers {list(self.target_layers)} must be decoder outputs 1..{parts.num_layers} of this model"
             )
         self._projector_trains = any(p.requires_grad for p in parts.projector.parameters()) if parts.projector else False
-        self._tga_sums: torch.Tensor | None = None  # [3 + L]: ce, pair, hinge (per-step sums), image cos per layer
-        self._tga_micro_batches = 0
+        self._tga_sums: torch.Tensor | None = None  # [4 + L]: see _record
         self._tga_first_step = 0
 
     # ---- the loss ------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``L = lm_loss_weight * L_CE + (L_pair + L_hinge)``, a scalar, for one micro-batch of the collator.
+
+        ``inputs``: the :class:`~tga_fast.training.collator.TGACollator` batch of B samples: the model's inputs
+        (``input_ids``/``attention_mask``/``labels`` ``[B, T]``, ``pixel_values`` for the N samples with an image)
+        plus ``teacher_input_ids``/``teacher_attention_mask`` ``[B, Tt]``, ``student_spans`` ``[B, 2, 2]``,
+        ``teacher_spans`` ``[B, 1, 2]``, ``align`` and ``has_retrieved`` bool ``[B]`` (popped before the forward).
+        A batch without ``pixel_values`` (or ``align=False`` in the config) gets the LM loss alone. The alignment
+        terms are scaled like the LM loss for gradient accumulation; nothing here reads a device value.
+        """
         extras = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
-        unused = self._unused_projector_term(inputs)  # before the forward: see its docstring
+        unused = self._unused_projector_term(model, inputs)  # before the forward: see its docstring
+        hf_model = self.accelerator.unwrap_model(model)  # hooks and train/eval flags; the forward runs through `model`
+        training = hf_model.training
         # The LM loss comes back already normalised over the whole accumulated batch when the model took
         # num_items_in_batch (then the Trainer does not divide by the accumulation steps): the per-batch
         # alignment mean is scaled to match.
-        ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        ga_scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
         steps = getattr(self, "current_gradient_accumulation_steps", 1) if ga_scaled else 1
         # No image in the batch: nothing to align (a host-side key test, no device read).
         if not self.tga.align or "pixel_values" not in inputs:
             ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            if self.tga.align and model.training:
+            if self.tga.align and training:
                 self._record(ce, None, None, None, ga_scaled)
             loss = ce + unused
             return (loss, outputs) if return_outputs else loss
         missing = [key for key in EXTRA_KEYS if key not in extras]
         if missing:
             raise ValueError(f"TGA alignment needs the collator fields {missing} (use tga_fast's TGACollator)")
-        hf_model = self.accelerator.unwrap_model(model)  # where the hooks go; the forward runs through `model`
         targets = self._teacher_targets(model, hf_model, extras)
         with capture(hf_model, self.target_layers, extras["student_spans"], targets=targets) as cap:
             ce, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -130,21 +144,33 @@ class TGATrainer(Trainer):
         )
         alignment = terms.total / steps
         loss = (ce if self.tga.lm_loss_weight == 1 else self.tga.lm_loss_weight * ce) + alignment.to(ce.dtype)
-        if model.training:
+        if training:
             self._record(ce, terms, align, cosines[..., 0], ga_scaled)
         return (loss + unused, outputs) if return_outputs else loss + unused
 
-    def _unused_projector_term(self, inputs: dict) -> torch.Tensor | float:
+    def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        """Whether the Trainer will leave this loss undivided by the accumulation steps (``training_step``'s rule in
+        transformers 5.24, including its ``loss_is_scaled_for_ga`` override)."""
+        override = getattr(self, "loss_is_scaled_for_ga", None)
+        if override is not None:
+            return bool(override)
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def _unused_projector_term(self, model: nn.Module, inputs: dict) -> torch.Tensor | float:
         """0 times the projector's output on a zero input when the batch has no image, else 0.
 
-        On a text-only batch the projector takes no part in the graph. DDP (``find_unused_parameters=False``, the
-        Trainer's choice under gradient checkpointing) then fails on the missing gradients, and ZeRO reduces
-        another set of gradients than on an image step. The zero-weighted call gives the projector a zero
-        gradient; a module call, so that ZeRO-3 gathers its partitioned weights. Processes must still agree on
-        the modality of each step (``group_by_modality``): ZeRO-2 fills its buckets in gradient order and ZeRO-3
-        checks that every rank runs the same modules.
+        On a text-only batch the projector takes no part in the graph. DDP with ``find_unused_parameters=False``
+        (``TrainConfig``'s default) then fails on the missing gradients, and ZeRO reduces another set of gradients
+        than on an image step. The zero-weighted call gives the projector a zero gradient, as one process gets;
+        a module call, so that ZeRO-3 gathers its partitioned weights. Not under DDP with
+        ``find_unused_parameters=True``: that DDP marks the projector unused after its forward itself, and a
+        gradient arriving from outside the forward would mark it ready twice (an error). Processes must still
+        agree on the modality of each step (``group_by_modality``): ZeRO-2 fills its buckets in gradient order and
+        ZeRO-3 checks that every rank runs the same modules.
         """
         if "pixel_values" in inputs or not self._projector_trains:
+            return 0.0
+        if isinstance(model, nn.parallel.DistributedDataParallel) and model.find_unused_parameters:
             return 0.0
         projector = resolve(self.model).projector
         first = next(m for m in projector.modules() if isinstance(m, nn.Linear))
@@ -153,9 +179,15 @@ class TGATrainer(Trainer):
         return 0.0 * projector(dummy).float().sum()
 
     def _teacher_targets(self, model: nn.Module, hf_model: nn.Module, extras: dict) -> torch.Tensor:
-        """``c [L, B, D]``: the caption tokens' mean hidden state per target layer, no grad, eval mode."""
-        was_training = model.training
-        model.eval()
+        """``c [L, B, D]``: the caption tokens' mean hidden state per target layer, no grad, eval mode.
+
+        ``model`` runs the forward (the DeepSpeed engine gathers ZeRO-3 partitions); ``hf_model`` (the HF model
+        inside it) is switched to eval and every module's own train/eval flag is restored afterwards, also on error.
+        Switching the engine instead would not do: its ``train``/``eval`` forward to the module but leave the
+        engine's own ``training`` flag True, and ``model.train(True)`` would also wake modules the user had in eval.
+        """
+        modes = [(module, module.training) for module in hf_model.modules()]
+        hf_model.eval()
         try:
             with torch.no_grad(), capture(
                 hf_model, self.target_layers, extras["teacher_spans"], stop_after=max(self.target_layers)
@@ -166,11 +198,15 @@ class TGATrainer(Trainer):
                     use_cache=False,
                 )
         finally:
-            model.train(was_training)
+            for module, mode in modes:
+                module.training = mode
         return cap.pooled[:, :, 0]
 
     def _progress(self) -> float:
-        """t = global_step / max_steps in [0, 1] (a host float the Trainer already holds: no sync)."""
+        """t = global_step / max_steps in [0, 1] (a host float the Trainer already holds: no sync).
+
+        ``global_step`` counts optimizer steps, so every micro-batch of an accumulated step has the same t, and a
+        resumed run continues from the checkpoint's ``global_step`` (restored before the first batch)."""
         if not self.state.max_steps:
             return 0.0
         return min(1.0, self.state.global_step / self.state.max_steps)
@@ -192,74 +228,71 @@ class TGATrainer(Trainer):
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Loads a Trainer checkpoint's weights under the model's own parameter names.
-
-        transformers 5.24 saves checkpoints in the checkpoint layout (``save_pretrained`` reverts its key renaming:
-        LLaVA's ``model.language_model.*`` is written as ``language_model.model.*``) but reloads them with
-        ``load_state_dict(strict=False)``, so for LLaVA no key matches and the resumed run silently restarts from
-        the initial weights. Here the renaming is undone, and any missing weight is an error. DeepSpeed and FSDP
-        checkpoints keep their own path.
-        """
+        """Loads a Trainer checkpoint's weights under the model's own parameter names (see
+        :mod:`tga_fast.training.checkpoints`: transformers 5.24 would silently skip every LLaVA weight). DeepSpeed
+        and FSDP checkpoints, and mappings that are not pure renamings, keep transformers' path."""
         model = self.model if model is None else model
-        path = Path(resume_from_checkpoint) / "model.safetensors"
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not path.is_file():
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-        from transformers.core_model_loading import revert_weight_conversion
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not load_renamed_checkpoint(model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
-        own = model.state_dict()
-        by_tensor = {id(tensor): name for name, tensor in own.items()}
-        saved_names = {saved: by_tensor.get(id(tensor)) for saved, tensor in revert_weight_conversion(model, own).items()}
-        if None in saved_names.values():  # a converter (not a renaming) in this model's mapping: transformers' path
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = load_file(str(path), device="cpu")
-        state = {saved_names.get(name, name): tensor for name, tensor in saved.items()}
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} does not match the model: missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]}"
-            )
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the same renaming as :meth:`_load_from_checkpoint`."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        if not load_renamed_checkpoint(self.model, self.state.best_model_checkpoint):
+            super()._load_best_model()
 
     # ---- metrics -------------------------------------------------------------------------------------------
 
     def _record(self, ce, terms, align, image_cos, ga_scaled: bool) -> None:
-        """Adds this micro-batch's detached values to the running sums (no host read); ``terms`` None for a
-        batch without images (pair, hinge and cosines 0)."""
-        # What enters the backward per micro-batch; summed over an optimizer step it is that step's loss term.
+        """Adds this micro-batch's detached values to the running sums (no host read); ``terms`` None for a batch
+        without images (it adds its CE and nothing else).
+
+        The sums, ``[4 + L]`` fp32: CE, pair, hinge (each as it enters the backward, so that over an optimizer step
+        they add up to that step's loss terms), the number of aligned samples, and per target layer the sum of the
+        image-caption cosines of the aligned samples (so text-only and toxic samples do not dilute the mean).
+        """
         accumulation = getattr(self, "current_gradient_accumulation_steps", 1)
-        ce_part = ce.detach().float() / (1 if ga_scaled else accumulation)
-        values = torch.zeros(3 + len(self.target_layers), device=ce.device)
-        values[0] = ce_part
+        values = torch.zeros(4 + len(self.target_layers), device=ce.device)
+        values[0] = ce.detach().float() / (1 if ga_scaled else accumulation)
         if terms is not None:
-            weights = align.float()
-            layer_cos = (image_cos.detach() * weights).sum(dim=1) / weights.sum().clamp_min(1.0)  # [L]
+            weights = align.to(image_cos.device, torch.float32)  # [B]
             values[1] = terms.pair.detach().float() / accumulation
             values[2] = terms.hinge.detach().float() / accumulation
-            values[3:] = layer_cos.float()
+            values[3] = weights.sum()
+            values[4:] = (image_cos.detach().float() * weights).sum(dim=1)  # [L]
         if self._tga_sums is None:
             self._tga_sums, self._tga_first_step = values, self.state.global_step  # the window's first step
         else:
             self._tga_sums = self._tga_sums + values
-        self._tga_micro_batches += 1
 
     def _flush_metrics(self) -> dict[str, float]:
-        """The means since the last log, averaged over processes: the one place that reads values to the host."""
+        """The means since the last log over all processes: the one place that reads values to the host.
+
+        CE, pair and hinge: per optimizer step, averaged over processes (like the Trainer's ``loss``). Cosines: the
+        mean over every aligned sample of every process; left out when the window had none.
+        """
         sums = self._tga_sums
         if sums is None:
             return {}
         steps = max(1, self.state.global_step - self._tga_first_step)
-        means = torch.cat([sums[:3] / steps, sums[3:] / self._tga_micro_batches])
-        if self.args.world_size > 1:
-            means = self.accelerator.gather(means.to(self.args.device)).view(-1, means.numel()).mean(dim=0)
-        values = means.tolist()
-        self._tga_sums, self._tga_micro_batches = None, 0
+        if self.args.world_size > 1:  # every process logs at the same steps, so the gather is symmetric
+            sums = self.accelerator.gather(sums.to(self.args.device)).view(-1, sums.numel())
+        else:
+            sums = sums[None]
+        losses = (sums[:, :3] / steps).mean(dim=0)  # [3]
+        aligned = sums[:, 3].sum()
+        cosines = sums[:, 4:].sum(dim=0) / aligned.clamp_min(1.0)  # [L]
+        values = torch.cat([losses, aligned[None], cosines]).tolist()
+        self._tga_sums = None
         logs = {"ce": values[0], "pair": values[1], "hinge": values[2]}
-        for layer, value in zip(self.target_layers, values[3:]):
-            logs[f"cos/layer_{layer}"] = value
+        if values[3] > 0:
+            for layer, value in zip(self.target_layers, values[4:]):
+                logs[f"cos/layer_{layer}"] = value
         return logs
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log: every process logs at the same steps, so the gather is symmetric
+        """The Trainer's log, with ``ce``, ``pair``, ``hinge`` and ``cos/layer_<k>`` added to each training line."""
+        if "loss" in logs:  # a training log (evaluation logs say eval_loss)
             logs.update(self._flush_metrics())
         super().log(logs, start_time)
