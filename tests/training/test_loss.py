@@ -154,3 +154,19 @@ def test_no_host_sync_traces_in_one_graph():
     toxic = torch.tensor([False, True, False])
     got = compiled(*hidden, torch.tensor(0.3), toxic)
     torch.testing.assert_close(got, step(*hidden, torch.tensor(0.3), toxic))
+
+
+def test_excluded_samples_never_reach_the_loss_or_its_gradient():
+    """A NaN cosine of a toxic (excluded) sample or of a sample without retrieved text poisons nothing."""
+    image_cos = torch.tensor([[0.5, float("nan"), 0.2]], requires_grad=True)
+    retrieved_cos = torch.tensor([[0.1, float("nan"), float("nan")]], requires_grad=True)
+    toxic = torch.tensor([False, True, False])
+    hinge_mask = torch.tensor([True, True, False])
+    terms = tga_alignment_loss(image_cos, retrieved_cos, progress=0.0, toxic=toxic, hinge_mask=hinge_mask)
+    terms.total.backward()
+    expected_pair = 0.25 / 3 * (math.exp(-0.5) + math.exp(-0.2))
+    expected_hinge = 0.1 / 3 * math.exp(0.1 - 0.5)
+    assert terms.pair.item() == pytest.approx(expected_pair, rel=1e-6)
+    assert terms.hinge.item() == pytest.approx(expected_hinge, rel=1e-6)
+    assert torch.isfinite(image_cos.grad).all() and torch.isfinite(retrieved_cos.grad).all()
+    assert image_cos.grad[0, 1] == 0 and retrieved_cos.grad[0, 1:].eq(0).all()

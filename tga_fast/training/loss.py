@@ -114,14 +114,19 @@ def tga_alignment_loss(
         raise ValueError(f"retrieved_cos must match image_cos {tuple(image_cos.shape)}, got {tuple(retrieved_cos.shape)}")
     num_layers, batch = image_cos.shape
     image_cos = image_cos.float()
-    keep = torch.ones_like(image_cos[0])
+    keep = torch.ones_like(image_cos[0], dtype=torch.bool)
     if toxic is not None:
         if toxic.shape != (batch,):
             raise ValueError(f"toxic must be a bool tensor of shape [B] = [{batch}], got {tuple(toxic.shape)}")
-        keep = (~toxic.to(device=image_cos.device, dtype=torch.bool)).float()
+        keep = ~toxic.to(device=image_cos.device, dtype=torch.bool)
     scale = 1.0 / (num_layers * batch)
 
-    pair = schedule(progress, pair_power) * pair_weight * scale * (torch.exp(-image_cos) * keep).sum()
+    # Excluded samples are replaced before exp and dropped after it, not multiplied by 0: their cosine (NaN from a
+    # broken image, say) must reach neither the loss nor, through exp's backward, the gradient.
+    zero = image_cos.new_zeros(())
+    image_cos_kept = torch.where(keep, image_cos, zero)
+    pair_terms = torch.where(keep, torch.exp(-image_cos_kept), zero)
+    pair = schedule(progress, pair_power) * pair_weight * scale * pair_terms.sum()
     if retrieved_cos is None:
         hinge = torch.zeros((), device=image_cos.device)
     else:
@@ -129,9 +134,10 @@ def tga_alignment_loss(
         if hinge_mask is not None:
             if hinge_mask.shape != (batch,):
                 raise ValueError(f"hinge_mask must be a bool tensor of shape [B] = [{batch}], got {tuple(hinge_mask.shape)}")
-            hinge_keep = keep * hinge_mask.to(device=image_cos.device, dtype=torch.bool).float()
-        margin = retrieved_cos.float() - image_cos
-        hinge = schedule(progress, hinge_power) * hinge_weight * scale * (torch.exp(margin) * hinge_keep).sum()
+            hinge_keep = keep & hinge_mask.to(device=image_cos.device, dtype=torch.bool)
+        margin = torch.where(hinge_keep, retrieved_cos.float(), zero) - image_cos_kept
+        hinge_terms = torch.where(hinge_keep, torch.exp(margin), zero)
+        hinge = schedule(progress, hinge_power) * hinge_weight * scale * hinge_terms.sum()
     if faithful_reference:
         pair, hinge = pair.detach(), hinge.detach()
     return AlignmentTerms(pair=pair, hinge=hinge, image_cos=image_cos, retrieved_cos=retrieved_cos)
