@@ -161,3 +161,15 @@ def test_llm_judge_protocol_and_hf_adapter(llm):
     assert judge(prompts, responses) == (probabilities > 0.5).tolist()
     with pytest.raises(ValueError, match="template"):
         HFModelJudge(model, tokenizer, template="no fields")
+
+
+def test_refusal_token_ids_skip_unknown_words():
+    """A word-level vocabulary without "As" must not turn <unk> (every unknown word) into a refusal token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "sorry": 1, "I": 2, "hello": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    assert refusal_token_ids(tokenizer, ["sorry", "I", "As"]) == [1, 2]

@@ -22,9 +22,11 @@ def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     """The first token of each word as the tokenizer writes it, bare and after a space; sorted, unique.
 
     "First" skips tokens that decode to whitespace only: SentencePiece tokenizers encode " I" as ``▁`` + ``▁I``,
-    and the bare ``▁`` is not the word.
+    and the bare ``▁`` is not the word. A word the vocabulary does not know (the unknown token of a word-level
+    tokenizer) gives no id: ``<unk>`` would count every unknown word as a refusal.
     """
     tokenizer = _tokenizer_of(tokenizer)
+    unknown = tokenizer.unk_token_id
     ids: set[int] = set()
     for word in words:
         if not word.strip():
@@ -33,7 +35,8 @@ def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
             tokens = tokenizer.encode(variant, add_special_tokens=False)
             for token in tokens:
                 if tokenizer.decode([token]).strip():
-                    ids.add(int(token))
+                    if token != unknown:
+                        ids.add(int(token))
                     break
     return sorted(ids)
 

@@ -1,0 +1,181 @@
+"""The demo's outputs: ``result.json`` (every measurement), ``report.md`` (the tables, the located safety layers,
+the figures, what was tried) and the PNG figures, in the style of the paper's plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FIGURES = {
+    "safety_layers": "fig_3a_safety_layers.png",
+    "attention_share": "fig_3b_attention_share.png",
+    "knockout": "fig_3c_knockout.png",
+    "similarity": "fig_3d_modality_similarity.png",
+    "steering": "fig_3e_steering.png",
+    "dsr_overall": "fig_dsr_overall.png",
+    "dsr": "fig_dsr_per_scene.png",
+    "images": "world_images.png",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curve(path, curves: dict, xlabel: str, ylabel: str, title: str, shade=None, xs=None, reference=None):
+    """Per-layer curves; ``shade`` = (first, last) layers to highlight; ``reference`` = (label, y) horizontal line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, ys in curves.items():
+        ax.plot(xs or list(range(len(ys))), ys, marker="o", label=label)
+    if reference is not None and reference[1] is not None:
+        ax.axhline(reference[1], color="gray", linestyle="--", label=reference[0])
+    if shade:
+        ax.axvspan(shade[0] - 0.5, shade[1] + 0.5, color="tab:red", alpha=0.12, label="located safety layers")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(path, groups: dict, ylabel: str, title: str):
+    """``groups``: {series: {category: value}}; one bar per series in each category."""
+    plt = _pyplot()
+    categories = list(next(iter(groups.values())))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(5.2, 0.35 * len(categories) * len(groups))), 3.6))
+    width = 0.8 / len(groups)
+    for i, (series, values) in enumerate(groups.items()):
+        xs = [c + i * width for c in range(len(categories))]
+        ax.bar(xs, [values[c] if values[c] is not None else 0 for c in categories], width, label=series)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(categories))], categories, rotation=20, fontsize=8)
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1.05))
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(out: Path, result: dict) -> None:
+    text = result["text_llm"]
+    safety = text["safety_layers"]
+    plot_curve(out / FIGURES["safety_layers"], {"P(refusal) at the last position": safety["refusal_prob"]},
+               "layer k (hidden_states[k])", "probability", "3A logit lens on toxic text", shade=safety["range"])
+    blocks = list(range(1, len(text["attention_share"]) + 1))
+    plot_curve(out / FIGURES["attention_share"], {"share on the toxic word": text["attention_share"]},
+               "decoder block", "attention share", "3B attention of the last token", shade=safety["range"], xs=blocks)
+    plot_bars(out / FIGURES["knockout"], {"toxic text": text["knockout"]}, "DSR",
+              "3C knockout of attention to the toxic word")
+    lvlm = result["lvlm"]
+    curves = {f"{m}": lvlm[m]["similarity"] for m in lvlm}
+    curves.update({f"{m}, retrieved text in prompt": lvlm[m]["similarity_with_retrieved"] for m in lvlm})
+    plot_curve(out / FIGURES["similarity"], curves, "layer k", "cosine", "3D image/text similarity per layer",
+               shade=safety["range"], reference=("vision encoder's image/caption cosine", result["vision"]["clip_cosine"]))
+    plot_bars(out / FIGURES["steering"], {"baseline, toxic images": lvlm["baseline"]["steering"]}, "DSR",
+              "3E text state added to the image token (hidden states)")
+    overall = {
+        condition.replace("_", " "): {m: lvlm[m][condition]["dsr"]["rate"] for m in lvlm}
+        for condition in ("without_retrieved", "with_retrieved")
+    }
+    plot_bars(out / FIGURES["dsr_overall"], overall, "DSR on toxic images", "DSR by method and inference condition")
+    groups = {}
+    for method, scores in lvlm.items():
+        for condition in ("without_retrieved", "with_retrieved"):
+            per_scene = scores[condition]["dsr_per_scene"]
+            groups[f"{method}, {condition.replace('_', ' ')}"] = {s: per_scene[s]["rate"] for s in per_scene}
+    plot_bars(out / FIGURES["dsr"], groups, "DSR on toxic images", "DSR per scene")
+
+
+def _pct(rate) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.0f}%"
+
+
+def _rate(r: dict) -> str:
+    count = r.get("refused", r.get("correct"))
+    return f"{_pct(r['rate'])} [{_pct(r['low'])}, {_pct(r['high'])}] ({count}/{r['total']})"
+
+
+def write_report(out: Path, result: dict) -> None:
+    text, lvlm = result["text_llm"], result["lvlm"]
+    scenes = sorted(next(iter(lvlm.values()))["without_retrieved"]["dsr_per_scene"])
+    lines = [
+        "# TGA in a miniature world",
+        "",
+        f"World: {result['world']['concepts']} concepts ({result['world']['toxic']} toxic in {len(scenes)} scenes), "
+        f"{result['world']['colours']} colours; {result['world']['train_images']} training images, "
+        f"{result['world']['eval_images']} fresh evaluation images. Seed {result['seed']}"
+        f"{' (quick world)' if result['quick'] else ''}. Rates are given with their Wilson 95% interval and counts.",
+        "",
+        "## The text LLM and its safety mechanism",
+        "",
+        f"- DSR on held-out toxic text: {_rate(text['scores']['dsr_toxic'])}",
+        f"- accuracy on held-out benign text: {_rate(text['scores']['accuracy_benign'])}",
+        f"- false refusals on held-out benign text: {_rate(text['scores']['false_refusals'])}",
+        f"- 3A located safety layers (logit lens, [min start, max end]): **{text['safety_layers']['range']}**; "
+        f"start layers {sorted(set(text['safety_layers']['starts']))}, not found "
+        f"{_pct(text['safety_layers']['start_not_found'])}",
+        f"- 3C knockout of attention to the toxic word, DSR per window of blocks: "
+        + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout"].items()),
+        f"- vision encoder: image -> caption retrieval top-1 on fresh images {_pct(result['vision']['retrieval_top1'])}",
+        "",
+        "## DSR on toxic images (use-requests), per scene",
+        "",
+        "| method | retrieved text at inference | " + " | ".join(scenes)
+        + " | all | false refusals (benign) | benign accuracy |",
+        "|---|---|" + "---|" * (len(scenes) + 3),
+    ]
+    for method, scores in lvlm.items():
+        for condition in ("without_retrieved", "with_retrieved"):
+            s = scores[condition]
+            cells = [_pct(s["dsr_per_scene"][sc]["rate"]) for sc in scenes]
+            lines.append(
+                f"| {method} | {'yes' if condition == 'with_retrieved' else 'no'} | " + " | ".join(cells)
+                + f" | **{_rate(s['dsr'])}** | {_rate(s['false_refusals'])} | {_rate(s['accuracy'])} |"
+            )
+    lines += [
+        "",
+        "Benign accuracy is the exact-match rate over describe, colour and use requests on benign images. "
+        "`baseline`: LLaVA's two stages, next-token loss only. `tga_paper`: the paper's recipe (the caption as the "
+        "target, the 3A layers, weights 1/4 and 1/10, the retrieved text in every training prompt). `tga`: the same "
+        "loss adapted to this world (the object word as the target, the hidden states 3C shows are read, 16x the "
+        "weights, the retrieved text in half the training prompts); see 'What we tried' for why. All three start "
+        "from the same assembled model and see the same images and steps; no image is ever paired with a refusal.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", "## Layer analyses of the LVLMs", ""]
+    for method, scores in lvlm.items():
+        sim = ", ".join(f"{v:.2f}" for v in scores["similarity"])
+        sim_r = ", ".join(f"{v:.2f}" for v in scores["similarity_with_retrieved"])
+        lines.append(f"- 3D {method}: image/text cosine per layer 0..N: {sim} (with the retrieved text in both "
+                     f"prompts: {sim_r}); target layers {result['target_layers'][method] or '-'}")
+    lines.append(f"- 3D reference: the vision encoder's own image/caption cosine {result['vision']['clip_cosine']:.2f}")
+    lines.append("- 3E steering (baseline, toxic images; the text prompt's caption state added to the image token), "
+                 "DSR per window of hidden states (`tga_fast.analysis.steering_sweep`, layers 1..N): "
+                 + ", ".join(f"{k}: {_pct(v)}" for k, v in lvlm["baseline"]["steering"].items())
+                 + "; at hidden state 0, the input that block 1 reads (`tga_fast.models.steer`): "
+                 + ", ".join(f"{k}: {_pct(v)}" for k, v in lvlm["baseline"]["steering_input"].items()))
+    lines += ["", "## Figures", ""]
+    lines += [f"![{name}]({file})" for name, file in FIGURES.items()]
+    lines += ["", "## What we tried", ""] + result.get("tried", [])
+    lines += ["", "## Timings (seconds)", "", ", ".join(f"{k}: {v:.0f}" for k, v in result["timings"].items())]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def save(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=False))
+    write_figures(out, result)
+    write_report(out, result)
