@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from tga_fast.evaluation.cli_options import add_model_and_data_options, load_data, run_reporting_user_errors
 
 __all__ = ["ANALYSES", "add_analyze", "run_analyze"]
 
@@ -17,27 +18,18 @@ logger = logging.getLogger("tga_fast.analyze")
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Loads the data and the model, runs the analysis, saves; 2 on a user error (bad path, data, family)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"tga-fast analyze {args.analysis}: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_user_errors(f"tga-fast analyze {args.analysis}", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
     import tga_fast.analysis as analysis
-    from tga_fast.evaluation.data import load_eval_set
     from tga_fast.models.loading import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     # Data first: a bad file fails in a second, before minutes of model loading.
     need_images = args.analysis in _NEED_IMAGES or (args.analysis == "safety_layers" and args.condition == "image")
-    data = load_eval_set(args.data, image_root=args.image_root, require_images=need_images)
-    for number, message in data.errors:
-        logger.warning("%s line %d skipped: %s", args.data, number, message)
-    logger.info("%d samples (%d toxic) in %d scenes", len(data), sum(s.toxic for s in data.samples), len(data.scenes))
+    data = load_data(args, logger, require_images=need_images)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
     common = dict(batch_size=args.batch_size, progress=not args.no_progress, with_retrieved=args.with_retrieved,
                   system_prompt=args.system_prompt)
@@ -72,14 +64,7 @@ def add_analyze(commands) -> None:
     )
     add = parser.add_argument
     add("analysis", choices=ANALYSES)
-    add("--model", required=True, help="local HF checkpoint folder")
-    add("--data", required=True, help="JSONL evaluation set")
-    add("--out", required=True, help="output folder for result.json and figure.png")
-    add("--batch-size", dest="batch_size", type=int, default=8)
-    add("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
-    add("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-        help="default: bfloat16 on a GPU, float32 on the CPU")
-    add("--quantization", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation of the LLM")
+    add_model_and_data_options(parser)
     add("--window", type=int, default=5, help="layers per window (knockout_sweep, steering_sweep)")
     add("--max-new-tokens", dest="max_new_tokens", type=int, default=64,
         help="generation length (knockout_sweep, steering_sweep)")
@@ -89,10 +74,4 @@ def add_analyze(commands) -> None:
     add("--condition", choices=["text", "image"], default="text",
         help="safety_layers: the toxic content as text (the paper's setting) or as the image")
     add("--clip", default=None, help="local CLIP-style folder for the reference line (modality_similarity)")
-    add("--image-root", dest="image_root", default=None,
-        help="folder image paths are relative to (default: the data file's folder)")
-    add("--with-retrieved", dest="with_retrieved", action="store_true",
-        help="put each sample's retrieved text first in the prompt (METHOD.md 4: evaluate with and without it)")
-    add("--system-prompt", dest="system_prompt", default=None, help="a (safety) system prompt for every request")
-    add("--no-progress", dest="no_progress", action="store_true")
     parser.set_defaults(run=run_analyze)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from tga_fast.evaluation.cli_options import add_model_and_data_options, load_data, run_reporting_user_errors
 
 __all__ = ["add_eval", "run_eval_dsr"]
 
@@ -13,26 +14,16 @@ logger = logging.getLogger("tga_fast.eval")
 
 def run_eval_dsr(args: argparse.Namespace) -> int:
     """Loads the model and data, evaluates, writes ``result.json`` + ``figure.png``; 2 on a user error."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"tga-fast eval dsr: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_user_errors("tga-fast eval dsr", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tga_fast.evaluation.data import load_eval_set
     from tga_fast.evaluation.dsr import evaluate_dsr
     from tga_fast.evaluation.judges import KeywordJudge, LogitJudge
     from tga_fast.models.loading import load_model
 
     # Data first: a bad data file fails in a second, before minutes of model loading.
-    data = load_eval_set(args.data, image_root=args.image_root, require_images=args.condition == "image")
-    if data.errors:
-        logger.warning("%d bad line(s) in %s skipped: %s", len(data.errors), args.data,
-                       ", ".join(str(n) for n, _ in data.errors))
-    logger.info("%d samples (%d toxic) in %d scenes", len(data), sum(s.toxic for s in data.samples), len(data.scenes))
+    data = load_data(args, logger, require_images=args.condition == "image")
     # So is a bad keyword file; the logit judge needs the tokenizer, so it waits for the model.
     judge = None if args.judge == "logit" else KeywordJudge(args.keywords, match=args.match)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
@@ -67,31 +58,19 @@ def add_eval(commands) -> None:
         description="Generate a response to every sample of a JSONL evaluation set (see tga_fast/evaluation/data.py "
         "for the format), judge refusals, and write result.json (per-sample responses and verdicts) and figure.png.",
     )
+    add_model_and_data_options(dsr)
     add = dsr.add_argument
-    add("--model", required=True, help="local HF checkpoint folder")
-    add("--data", required=True, help="JSONL evaluation set")
-    add("--out", required=True, help="output folder for result.json and figure.png")
     add("--condition", choices=["image", "text"], default="image",
         help="image: the image before the question; text: the sample's text in its place")
-    add("--with-retrieved", dest="with_retrieved", action="store_true", help="put each sample's retrieved text first")
-    add("--system-prompt", dest="system_prompt", default=None, help="a (safety) system prompt")
     add("--judge", choices=["keyword", "logit"], default="keyword",
         help="keyword: refusal phrases in the response; logit: refusal-token mass at the first answer position "
         "(no generation)")
     add("--keywords", default="gcg", help="keyword preset (gcg, extended) or a .json/.txt phrase file")
     add("--match", choices=["anywhere", "start"], default="anywhere", help="where a keyword must occur")
     add("--threshold", type=float, default=0.5, help="logit judge: refusal probability that counts as a refusal")
-    add("--batch-size", dest="batch_size", type=int, default=8)
     add("--max-new-tokens", dest="max_new_tokens", type=int, default=64)
     add("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
     add("--temperature", type=float, default=1.0, help="with --do-sample")
     add("--top-p", dest="top_p", type=float, default=1.0, help="with --do-sample")
     add("--seed", type=int, default=None, help="random seed (sampling)")
-    add("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
-    add("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-        help="default: bfloat16 on a GPU, float32 on the CPU")
-    add("--quantization", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation of the LLM")
-    add("--image-root", dest="image_root", default=None, help="folder image paths are relative to (default: the "
-        "data file's folder)")
-    add("--no-progress", dest="no_progress", action="store_true")
     dsr.set_defaults(run=run_eval_dsr)
