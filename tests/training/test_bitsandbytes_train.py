@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import warnings
 
 import pytest
 import torch
 
-from tests.training.train_helpers import base_args, save_tiny_model, step_losses, write_data
+from tests.training.train_helpers import base_args, step_losses
 from tga_fast.models import resolve
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        yield
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bnb")
-    return save_tiny_model(root / "model"), write_data(root / "data")
 
 
 def test_adamw_8bit_optimizer_steps(files, tmp_path):

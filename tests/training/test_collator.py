@@ -22,13 +22,6 @@ KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        yield
-
-
 @pytest.fixture(scope="module", params=["llava", "llava_next"])
 def family(request):
     with warnings.catch_warnings():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
@@ -19,13 +18,6 @@ from tga_fast.training.config import (
 )
 
 CONFIGS = ROOT / "configs"
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        yield
 
 
 def test_defaults_are_the_papers():

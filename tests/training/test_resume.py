@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -30,14 +29,6 @@ class KillAfterSave(TrainerCallback):
 
 train(*parse_config(sys.argv[1:]), callbacks=[KillAfterSave()])
 """
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        yield
 
 
 def test_killed_run_resumes_with_the_same_losses(tmp_path):

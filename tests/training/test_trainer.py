@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
 
-from tests.training.train_helpers import IMAGE_SAMPLES, ROOT, base_args, grads_of, save_tiny_model, step_losses, write_data
+from tests.training.train_helpers import IMAGE_SAMPLES, ROOT, base_args, grads_of, step_losses
 from tga_fast.models import resolve
 from tga_fast.training.config import TGAConfig, TrainConfig
 from tga_fast.training.loss import tga_alignment_loss
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        yield
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer")
-    return save_tiny_model(root / "model"), write_data(root / "data")
 
 
 def load(model_path, train_llm=True):
