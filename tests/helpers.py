@@ -77,3 +77,18 @@ def triton_module(op: str):
 def triton_device() -> str:
     """Where the Triton tests run: the GPU when there is one, else the CPU through the interpreter."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def save_tiny_llava(folder, layers: int = 4):
+    """A random LLaVA (Llama backbone, ``layers`` decoder blocks) with its processor, saved as a local HF folder;
+    returns the folder."""
+    import warnings
+
+    from tga_fast.models.tiny import tiny_vlm
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torchvision.*")
+        model, processor = tiny_vlm("llava", "llama", layers=layers)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

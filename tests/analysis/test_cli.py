@@ -5,27 +5,20 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 from tga_fast.analysis import ModalitySimilarityResult, SafetyLayersResult
 from tga_fast.cli import main
-from tga_fast.models.tiny import tiny_vlm
+from tests.helpers import save_tiny_llava
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        model, processor = tiny_vlm("llava", "llama", layers=2)
-    folder = tmp_path_factory.mktemp("tiny-llava")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), layers=2)
 
 
 def test_analyze_in_a_subprocess(llava_dir, eval_file, tmp_path):

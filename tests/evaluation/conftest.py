@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import save_tiny_llava
 from tga_fast.models.tiny import random_images, tiny_llm, tiny_vlm
 
 # (id, scene, text, toxic words, prompt, retrieved, toxic)
@@ -41,13 +42,7 @@ def llm():
 @pytest.fixture(scope="session")
 def llava_dir(tmp_path_factory):
     """A tiny LLaVA saved with ``save_pretrained`` (model + processor)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        model, processor = tiny_vlm("llava", "llama", layers=2)
-    folder = tmp_path_factory.mktemp("tiny-llava")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), layers=2)
 
 
 def write_eval_set(folder, rows=ROWS, extra_lines=()) -> Path:

@@ -6,11 +6,11 @@ import json
 import os
 import socket
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
+from tests.helpers import save_tiny_llava
 from tests.training.make_data import write_llava_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +20,7 @@ IMAGE_SAMPLES = (0, 1, 2, 5)
 
 def save_tiny_model(folder: Path) -> Path:
     """A random 4-layer LLaVA (Llama backbone) with its processor, saved as a local HF folder."""
-    from tga_fast.models.tiny import tiny_vlm
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torchvision.*")
-        model, processor = tiny_vlm("llava", "llama")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_llava(folder, layers=4)
 
 
 def write_data(folder: Path, count: int = 8) -> Path:
