@@ -128,7 +128,7 @@ def write_report(out: Path, result: dict) -> None:
         "## DSR on toxic images (use-requests), per scene",
         "",
         "| method | retrieved text at inference | " + " | ".join(scenes)
-        + " | all | false refusals (benign) | benign accuracy |",
+        + " | all | false refusals (benign-image use-requests) | benign accuracy |",
         "|---|---|" + "---|" * (len(scenes) + 3),
     ]
     for method, scores in lvlm.items():
@@ -146,7 +146,10 @@ def write_report(out: Path, result: dict) -> None:
         "target, the 3A layers, weights 1/4 and 1/10, the retrieved text in every training prompt). `tga`: the same "
         "loss adapted to this world (the object word as the target, the hidden states 3C shows are read, 16x the "
         "weights, the retrieved text in half the training prompts); see 'What we tried' for why. All three start "
-        "from the same assembled model and see the same images and steps; no image is ever paired with a refusal.",
+        "from the same assembled model and see the same images and steps; no image is ever paired with a refusal. "
+        "False refusals count refused use-requests on benign images. The `tga` adaptation was chosen by experiments "
+        "scored on seed 0's evaluation images (the default world): seed 0's `tga` numbers are tuned on their own test "
+        "set; other seeds were not used for tuning ('What we tried' gives seeds 1 and 2).",
         "",
         "## Targets",
         "",
