@@ -111,6 +111,14 @@ def tiny_vlm(
     )
     text = _text_config(text_backbone, len(tokenizer), tokenizer.pad_token_id, layers, hidden)
     common = dict(vision_config=vision, text_config=text, image_token_index=image_token_id, vision_feature_layer=-2)
+    # 8-pixel patches of a 32x32 image (4 x 4 = 16 per tile) plus the class token, which "default" drops.
+    processor_options = dict(
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*requires torchvision.*")
         if family == "llava":
@@ -118,14 +126,7 @@ def tiny_vlm(
 
             config = LlavaConfig(**common, image_seq_length=16)
             image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-            processor = LlavaProcessor(
-                image_processor=image_processor,
-                tokenizer=tokenizer,
-                patch_size=8,
-                vision_feature_select_strategy="default",
-                num_additional_image_tokens=1,
-                chat_template=CHAT_TEMPLATE,
-            )
+            processor = LlavaProcessor(image_processor=image_processor, **processor_options)
             model_class = LlavaForConditionalGeneration
         elif family == "llava_next":
             from transformers import (
@@ -140,14 +141,7 @@ def tiny_vlm(
             image_processor = LlavaNextImageProcessor(
                 size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
             )
-            processor = LlavaNextProcessor(
-                image_processor=image_processor,
-                tokenizer=tokenizer,
-                patch_size=8,
-                vision_feature_select_strategy="default",
-                num_additional_image_tokens=1,
-                chat_template=CHAT_TEMPLATE,
-            )
+            processor = LlavaNextProcessor(image_processor=image_processor, **processor_options)
             model_class = LlavaNextForConditionalGeneration
         else:
             raise ValueError(f"family must be 'llava' or 'llava_next', got {family!r}")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from tga_fast.models import capture, resolve
 from tga_fast.models.prompts import Prompt
-from tga_fast.toy.data import Encoder, Example
+from tga_fast.toy.data import Encoder, Example, text_examples
 from tga_fast.toy.text_llm import warmup_cosine
 from tga_fast.toy.world import DESCRIBE, World, caption_of
 from tga_fast.training.loss import tga_alignment_loss
@@ -130,7 +130,7 @@ def align(model, processor, world: World, pixel_values, labels, retrieved, text_
     use_retrieved = retrieved if cfg.uses_retrieved else None
     stage1 = image_examples(world, labels, use_retrieved, 1, cfg.target, cfg.retrieved_share, cfg.seed)
     stage2 = image_examples(world, labels, use_retrieved, 2, cfg.target, cfg.retrieved_share, cfg.seed)
-    replay = [Example(Prompt(question=r.question, text=r.caption), r.answer, safety=r.toxic) for r in text_requests]
+    replay = text_examples(text_requests)
     log = AlignLog()
     for stage, steps in ((1, cfg.stage1_steps), (2, cfg.stage2_steps)):
         for p in model.parameters():

@@ -56,8 +56,7 @@ def text_llm_analyses(llm, tokenizer, samples, width: int, out: Path | None = No
     from tga_fast.analysis import attention_share, knockout_sweep, safety_layers
 
     options = dict(batch_size=64, progress=False)
-    refusal_ids = [tokenizer.convert_tokens_to_ids("sorry")]  # the world's refusal starts with "sorry"
-    safety = safety_layers(llm, tokenizer, samples, refusal_ids=refusal_ids, **options)
+    safety = safety_layers(llm, tokenizer, samples, **options)  # refusal ids from the tokenizer: "sorry" here
     share = attention_share(llm, tokenizer, samples, **options)
     knock = knockout_sweep(llm, tokenizer, samples, window=width, variants=("knockout", "skip"), max_new_tokens=10,
                            **options)
