@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.measure import ROOT, peak_memory_here
 from tga_fast.models import capture
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 
 PROVIDERS = ("plain", "capture", "hidden_states", "released")
 LENGTHS = (512, 1024)

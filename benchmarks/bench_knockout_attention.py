@@ -83,7 +83,7 @@ def provider_fn(provider: str):
     if provider == "eager":
         return eager_knockout
     if provider == "reference":
-        from tga_fast.ops.knockout_attention.reference import knockout_attention
+        from tga_fast.ops.kernels.knockout_attention.reference import knockout_attention
 
         return knockout_attention
     if provider == "sdpa_causal":

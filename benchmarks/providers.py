@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tga_fast.ops.segment_cosine import reference as cosine_reference
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_cosine import reference as cosine_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 from tga_fast.training.loss import tga_alignment_loss
 
 PROVIDERS = ("baseline", "reference", "cpp", "triton")

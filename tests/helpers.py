@@ -71,7 +71,7 @@ def triton_module(op: str):
     """The Triton launchers of ``op`` (run on CPU tensors under TRITON_INTERPRET=1), or skip."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    return importlib.import_module(f"tga_fast.ops.{op}.triton")
+    return importlib.import_module(f"tga_fast.ops.kernels.{op}.triton")
 
 
 def triton_device() -> str:

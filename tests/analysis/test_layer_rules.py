@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tga_fast.analysis.safety_layers import locate_safety_layers, summarize_safety_layers
+from tga_fast.analysis.safety_layers_3a import locate_safety_layers, summarize_safety_layers
 
 VOCAB = 12
 REFUSAL = (9, 10)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tga_fast.analysis import KnockoutSweepResult, SteeringSweepResult, knockout_sweep, layer_windows, steering_sweep
-from tga_fast.analysis.steering_sweep import _text_states
+from tga_fast.analysis.steering_sweep_3e import _text_states
 from tga_fast.models import resolve
 from tga_fast.models.prompts import encode_prompts
 

@@ -6,8 +6,8 @@ import torch
 from tests.helpers import assert_within_budget
 from tests.models.conftest import llm_batch, vlm_batch
 from tga_fast.models import StopForward, capture, resolve
-from tga_fast.ops.segment_cosine import reference as cosine_reference
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_cosine import reference as cosine_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 
 
 def hook_counts(model):

@@ -8,7 +8,7 @@ import torch
 from tests.models.conftest import llm_batch
 from tga_fast.models import capture
 from tga_fast.models.tiny import tiny_llm
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 

@@ -8,7 +8,7 @@ import torch
 
 from tests.helpers import DTYPES, assert_within_budget, triton_device, triton_module
 from tga_fast.ops import attention_share
-from tga_fast.ops.attention_share import reference as ref
+from tga_fast.ops.kernels.attention_share import reference as ref
 
 # name: (B, H, Hkv, T, d, R)
 SHAPES = {

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.helpers import DTYPES, assert_within_budget, triton_device, triton_module
 from tga_fast.ops import knockout_attention
-from tga_fast.ops.knockout_attention import reference as ref
+from tga_fast.ops.kernels.knockout_attention import reference as ref
 
 # name: (B, H, Hkv, Tq, Tk, d); every case gets random blocked keys, some get padding (see make_case).
 SHAPES = {

@@ -7,7 +7,7 @@ import torch
 
 from tests.helpers import DTYPES, SPAN_CASES, assert_within_budget, random_spans, require_cpp, requires_cpp, span_case
 from tests.helpers import triton_device, triton_module
-from tga_fast.ops.segment_pool import reference as ref
+from tga_fast.ops.kernels.segment_pool import reference as ref
 
 IMPLEMENTATIONS = ("cpp", pytest.param("triton", marks=pytest.mark.triton))
 

@@ -7,12 +7,12 @@ samples that returns a result dataclass (per-layer arrays, per-sample detail, ``
     result.save("out/safety_layers")
 """
 
-from tga_fast.analysis.attention_share import AttentionShareResult, attention_share
-from tga_fast.analysis.knockout_sweep import KnockoutSweepResult, knockout_sweep
-from tga_fast.analysis.modality_similarity import ModalitySimilarityResult, clip_cosines, modality_similarity
+from tga_fast.analysis.attention_share_3b import AttentionShareResult, attention_share
+from tga_fast.analysis.knockout_sweep_3c import KnockoutSweepResult, knockout_sweep
+from tga_fast.analysis.modality_similarity_3d import ModalitySimilarityResult, clip_cosines, modality_similarity
 from tga_fast.analysis.results import AnalysisResult, layer_windows
-from tga_fast.analysis.safety_layers import SafetyLayersResult, locate_safety_layers, safety_layers
-from tga_fast.analysis.steering_sweep import SteeringSweepResult, steering_sweep
+from tga_fast.analysis.safety_layers_3a import SafetyLayersResult, locate_safety_layers, safety_layers
+from tga_fast.analysis.steering_sweep_3e import SteeringSweepResult, steering_sweep
 
 RESULTS = {
     cls.analysis: cls

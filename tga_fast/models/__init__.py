@@ -3,7 +3,7 @@ capture of pooled hidden states, and interventions (knockout, steering, layer sk
 
 from tga_fast.models.adapters import ARCHITECTURES, Architecture, ModelParts, resolve, supported_model_types
 from tga_fast.models.attention_probe import AttentionShares, attention_shares
-from tga_fast.models.capture import Capture, StopForward, capture
+from tga_fast.models.capture_hooks import Capture, StopForward, capture
 from tga_fast.models.interventions import knockout, skip_layers, steer
 from tga_fast.models.spans import (
     Spans,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tga_fast.models.adapters import ModelParts, hidden_of, resolve
-from tga_fast.models.capture import _hidden_from_pre, layer_hook_points
+from tga_fast.models.capture_hooks import _hidden_from_pre, layer_hook_points
 from tga_fast.models.spans import Spans
 from tga_fast.ops import knockout_attention
 

@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from tga_fast.ops import _backends
-from tga_fast.ops.segment_cosine import reference as cosine_reference
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_cosine import reference as cosine_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 
 NAMESPACE = "tga_fast"
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -162,14 +162,14 @@ def _triton_kernel(op: str, module: str, function: str, reference):
 def _register_triton() -> None:
     _lib.impl(
         "segment_pool",
-        _triton_kernel("segment_pool", "tga_fast.ops.segment_pool.triton", "segment_pool", pool_reference.segment_pool),
+        _triton_kernel("segment_pool", "tga_fast.ops.kernels.segment_pool.triton", "segment_pool", pool_reference.segment_pool),
         "CUDA",
     )
     _lib.impl(
         "segment_pool_backward",
         _triton_kernel(
             "segment_pool_backward",
-            "tga_fast.ops.segment_pool.triton",
+            "tga_fast.ops.kernels.segment_pool.triton",
             "segment_pool_backward",
             pool_reference.segment_pool_backward,
         ),
@@ -178,7 +178,7 @@ def _register_triton() -> None:
     _lib.impl(
         "segment_cosine",
         _triton_kernel(
-            "segment_cosine", "tga_fast.ops.segment_cosine.triton", "segment_cosine", cosine_reference.segment_cosine
+            "segment_cosine", "tga_fast.ops.kernels.segment_cosine.triton", "segment_cosine", cosine_reference.segment_cosine
         ),
         "CUDA",
     )
@@ -202,8 +202,8 @@ if STATUS["cuda"].available:
 # knockout, is the fast path). The backwards are the reference on every device (the analyses run under
 # no_grad; the gradients exist so that the ops compose with autograd like the SDPA they replace).
 
-from tga_fast.ops.attention_share import reference as share_reference  # noqa: E402
-from tga_fast.ops.knockout_attention import reference as knockout_reference  # noqa: E402
+from tga_fast.ops.kernels.attention_share import reference as share_reference  # noqa: E402
+from tga_fast.ops.kernels.knockout_attention import reference as knockout_reference  # noqa: E402
 
 _lib.define(
     "knockout_attention(Tensor q, Tensor k, Tensor v, Tensor blocked, float? scale=None, Tensor? key_valid=None) "
@@ -315,7 +315,7 @@ def _register_attention_triton() -> None:
         "knockout_attention",
         _triton_kernel(
             "knockout_attention",
-            "tga_fast.ops.knockout_attention.triton",
+            "tga_fast.ops.kernels.knockout_attention.triton",
             "knockout_attention",
             knockout_reference.knockout_attention,
         ),
@@ -324,7 +324,7 @@ def _register_attention_triton() -> None:
     _lib.impl(
         "attention_share",
         _triton_kernel(
-            "attention_share", "tga_fast.ops.attention_share.triton", "attention_share", share_reference.attention_share
+            "attention_share", "tga_fast.ops.kernels.attention_share.triton", "attention_share", share_reference.attention_share
         ),
         "CUDA",
     )

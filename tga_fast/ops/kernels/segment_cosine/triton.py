@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from tga_fast.ops import _triton_utils as tu
-from tga_fast.ops.segment_cosine import reference
-from tga_fast.ops.segment_pool.triton import unit_column_stride, load_span, span_sums, sum_chunks
+from tga_fast.ops.kernels.segment_cosine import reference
+from tga_fast.ops.kernels.segment_pool.triton import unit_column_stride, load_span, span_sums, sum_chunks
 
 # Elements of the epilogue's [CHUNK_TILE, BLOCK_D] step: 32 fp32 registers per thread at 8 warps.
 EPILOGUE_TILE = 8192

@@ -22,9 +22,9 @@ import triton
 import triton.language as tl
 
 from tga_fast.ops import _triton_utils as tu
-from tga_fast.ops.attention_share import reference
-from tga_fast.ops.knockout_attention.reference import default_scale
-from tga_fast.ops.knockout_attention.triton import LOG2E, dot_precision, key_mask_bytes, matmul, unit_last_stride
+from tga_fast.ops.kernels.attention_share import reference
+from tga_fast.ops.kernels.knockout_attention.reference import default_scale
+from tga_fast.ops.kernels.knockout_attention.triton import LOG2E, dot_precision, key_mask_bytes, matmul, unit_last_stride
 
 # --- kernel --------------------------------------------------------------------------------------------
 

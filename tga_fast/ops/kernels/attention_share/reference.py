@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from tga_fast.ops.knockout_attention.reference import default_scale
+from tga_fast.ops.kernels.knockout_attention.reference import default_scale
 
 
 def row_visibility(rows: torch.Tensor, key_valid: torch.Tensor | None, num_keys: int) -> torch.Tensor:

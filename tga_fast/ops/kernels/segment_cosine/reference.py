@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tga_fast.ops.segment_pool import reference as pool_reference
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
 
 
 def segment_cosine(

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from tga_fast.ops import _triton_utils as tu
-from tga_fast.ops.segment_pool import reference
+from tga_fast.ops.kernels.segment_pool import reference
 
 # --- kernels -------------------------------------------------------------------------------------------
 

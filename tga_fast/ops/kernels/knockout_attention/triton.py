@@ -47,7 +47,7 @@ except ImportError:  # Triton < 3.4 has no host-side descriptors: K and V are re
     TensorDescriptor = None
 
 from tga_fast.ops import _triton_utils as tu
-from tga_fast.ops.knockout_attention import reference
+from tga_fast.ops.kernels.knockout_attention import reference
 
 LOG2E = 1.4426950408889634
 
