@@ -20,7 +20,6 @@ retrieval code. One concept per module:
     report.py     result.json, report.md and figures
     tried.py      the research log that led to the current design
     demo.py       ``run_demo(out, quick=False, seed=0)``
-    command.py    the ``tga-fast demo`` command
 
     from tga_fast.toy import run_demo
     result = run_demo("out/demo")

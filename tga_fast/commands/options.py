@@ -1,14 +1,12 @@
-"""What ``tga-fast analyze`` and ``tga-fast eval dsr`` share: the checkpoint and data options, the data loading
-that logs bad lines, and the exit code 2 with a one-line message on a user error."""
+"""What ``tga-fast analyze`` and ``tga-fast eval dsr`` share: the checkpoint and data options and the data loading
+that logs bad lines."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from typing import Callable
 
-__all__ = ["add_model_and_data_options", "load_data", "run_reporting_user_errors"]
+__all__ = ["add_model_and_data_options", "load_data"]
 
 
 def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +38,3 @@ def load_data(args: argparse.Namespace, logger: logging.Logger, *, require_image
         logger.warning("%s line %d skipped: %s", args.data, number, message)
     logger.info("%d samples (%d toxic) in %d scenes", len(data), sum(s.toxic for s in data.samples), len(data.scenes))
     return data
-
-
-def run_reporting_user_errors(command: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``run(args)``; a bad path, data file or model family (``FileNotFoundError``, ``ValueError``) prints one line
-    naming it and returns 2 instead of a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"{command}: error: {error}", file=sys.stderr)
-        return 2

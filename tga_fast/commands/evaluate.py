@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tga_fast.evaluation.cli_options import add_model_and_data_options, load_data, run_reporting_user_errors
+from tga_fast.commands.options import add_model_and_data_options, load_data
 
 __all__ = ["add_eval", "run_eval_dsr"]
 
@@ -13,11 +13,7 @@ logger = logging.getLogger("tga_fast.eval")
 
 
 def run_eval_dsr(args: argparse.Namespace) -> int:
-    """Loads the model and data, evaluates, writes ``result.json`` + ``figure.png``; 2 on a user error."""
-    return run_reporting_user_errors("tga-fast eval dsr", _run, args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Loads the model and data, evaluates, writes ``result.json`` + ``figure.png`` (user errors: ``tga_fast.cli``)."""
     from tga_fast.evaluation.dsr import evaluate_dsr
     from tga_fast.evaluation.judges import KeywordJudge, LogitJudge
     from tga_fast.models.loading import load_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tga_fast.evaluation.cli_options import add_model_and_data_options, load_data, run_reporting_user_errors
+from tga_fast.commands.options import add_model_and_data_options, load_data
 
 __all__ = ["ANALYSES", "add_analyze", "run_analyze"]
 
@@ -17,11 +17,7 @@ logger = logging.getLogger("tga_fast.analyze")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    """Loads the data and the model, runs the analysis, saves; 2 on a user error (bad path, data, family)."""
-    return run_reporting_user_errors(f"tga-fast analyze {args.analysis}", _run, args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Loads the data and the model, runs the analysis, saves (user errors: ``tga_fast.cli``)."""
     import tga_fast.analysis as analysis
     from tga_fast.models.loading import load_model
 
