@@ -19,13 +19,18 @@ export PIP_CONSTRAINT          := $(CURDIR)/$(VENV)/constraints.txt
 
 CPP_SOURCES := $(wildcard csrc/*) CMakeLists.txt setup.py
 
-.PHONY: demo test bench env build clean
+.PHONY: demo test test-fast bench env build clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/tga-fast demo --out out/demo
 
 test: $(VENV)/.installed
 	TRITON_INTERPRET=1 TGA_FAST_STRICT=1 $(PY) -m pytest -q tests
+
+# The development loop: everything but the tests marked `slow` (multi-process DeepSpeed, the demo world, CLI
+# subprocesses); under a minute here. `make test` (and CI) runs everything.
+test-fast: $(VENV)/.installed
+	TRITON_INTERPRET=1 TGA_FAST_STRICT=1 $(PY) -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.installed
 	TGA_FAST_STRICT=1 $(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only \
