@@ -61,14 +61,13 @@ def segment_mean(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     # than the reduction kernel at the LLaVA-7B shape on a CPU); 1 * NaN is NaN, so NaN inside a span still
     # propagates. Lower precisions: a reduction that accumulates in fp32 without an fp32 copy of the rows.
     ones = hidden.new_ones(seq_len, dtype=acc) if hidden.dtype == acc else None
-    sums = [
-        torch.mv(hidden[b, start:end].t(), ones[: end - start]) if ones is not None
-        else hidden[b, start:end].sum(dim=0, dtype=acc)
-        for b, sample in enumerate(bounds)
-        for start, end in sample
-    ]  # fmt: skip
-    sums = torch.stack(sums).view(batch, spans.shape[1], dim)
-    return sums / lengths_of(bounds, spans, acc)[..., None]
+    means = []
+    for sample_rows, sample in zip(hidden, bounds):
+        for start, end in sample:
+            rows = sample_rows[start:end]
+            total = torch.mv(rows.t(), ones[: end - start]) if ones is not None else rows.sum(dim=0, dtype=acc)
+            means.append(total / max(end - start, 1))  # a Python int: divides in the accumulation dtype
+    return torch.stack(means).view(batch, spans.shape[1], dim)
 
 
 def segment_pool(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
