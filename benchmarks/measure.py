@@ -61,9 +61,19 @@ def workload(name: str, provider: str, shape: AlignmentShape, mode: str, dtype: 
     device = providers.device_of(provider)
     grad = mode == "forward+backward"
     spans = shape.spans(device)
-    layers = 1 if name == "segment_cosine" else shape.layers
+    layers = 1 if name in ("segment_pool", "segment_cosine") else shape.layers
     copies = max(1, -(-ROTATION_BYTES // (layers * shape.layer_bytes(dtype))))
-    if name == "segment_cosine":
+    if name == "segment_pool":
+        fn = providers.segment_pool(provider)
+        sets = [(shape.hidden(dtype, device, seed=i, requires_grad=grad, layers=1)[0],) for i in range(copies)]
+
+        def step(hidden):
+            pooled = fn(hidden, spans)
+            if grad:
+                torch.autograd.grad(pooled.sum(), hidden)
+            return pooled
+
+    elif name == "segment_cosine":
         fn = providers.segment_cosine(provider)
         sets = [(shape.hidden(dtype, device, seed=i, requires_grad=grad, layers=1)[0], shape.targets(dtype, device)[0]) for i in range(copies)]
 
@@ -137,7 +147,7 @@ def peak_memory(name: str, provider: str, shape: str, mode: str, dtype: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", required=True, choices=["segment_cosine", "alignment_loss"])
+    parser.add_argument("--workload", required=True, choices=["segment_pool", "segment_cosine", "alignment_loss"])
     parser.add_argument("--provider", required=True, choices=providers.PROVIDERS)
     parser.add_argument("--shape", required=True, choices=list(SHAPES))
     parser.add_argument("--mode", required=True, choices=MODES)

@@ -2,7 +2,7 @@
 
 ``baseline``   the released reference code's approach on the same tensors: Python loops over layers and samples,
                slices, ``.mean``, ``F.cosine_similarity``, and ``torch.exp`` (so that it has a gradient)
-``reference``  tga_fast's vectorised PyTorch reference with its registered backward (``TGA_FAST_BACKEND=reference``)
+``reference``  tga_fast's PyTorch reference with its registered backward (``TGA_FAST_BACKEND=reference``)
 ``cpp``        the C++ kernels through the dispatcher (CPU tensors)
 ``triton``     the Triton kernels through the dispatcher (CUDA tensors)
 """
@@ -35,6 +35,42 @@ class _ReferenceSegmentCosine(torch.autograd.Function):
         grad_mean, grad_target = cosine_reference.cosine_grads(grad_cos, mean, target, cos, ctx.eps)
         grad_hidden = pool_reference.segment_pool_backward(grad_mean, spans, ctx.seq_len, ctx.dtype)
         return grad_hidden, None, grad_target.to(target.dtype), None
+
+
+class _ReferenceSegmentPool(torch.autograd.Function):
+    """What the dispatcher runs for segment_pool under TGA_FAST_BACKEND=reference, without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, hidden, spans):
+        ctx.save_for_backward(spans)
+        ctx.seq_len, ctx.dtype = hidden.shape[1], hidden.dtype
+        return pool_reference.segment_pool(hidden, spans)
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        (spans,) = ctx.saved_tensors
+        return pool_reference.segment_pool_backward(grad_pooled, spans, ctx.seq_len, ctx.dtype), None
+
+
+def baseline_segment_pool(hidden, spans):
+    """pooled ``[B, S, D]`` the released way: one slice and fp32 mean per sample and span."""
+    rows = []
+    for b in range(hidden.shape[0]):
+        row = []
+        for s in range(spans.shape[1]):
+            start, end = int(spans[b, s, 0]), int(spans[b, s, 1])
+            row.append(hidden[b, start:end].float().mean(dim=0).to(hidden.dtype))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def segment_pool(provider: str):
+    """``fn(hidden, spans) -> pooled [B, S, D]`` for a provider."""
+    if provider == "baseline":
+        return baseline_segment_pool
+    if provider == "reference":
+        return _ReferenceSegmentPool.apply
+    return torch.ops.tga_fast.segment_pool
 
 
 def baseline_segment_cosine(hidden, spans, target, eps=1e-8):

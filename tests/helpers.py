@@ -9,29 +9,9 @@ import pytest
 import torch
 
 from tga_fast.ops import BACKENDS
+from tga_fast.ops._error_budget import FLOOR, assert_within_budget, max_error  # noqa: F401  (the tests' budget)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The floor of the error budget: what any fp32-accumulating kernel may differ by in the output's dtype.
-FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
-
-
-def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference, with matching NaN positions required and NaN-NaN counted as 0."""
-    actual, expected = actual.double(), expected.double()
-    assert torch.equal(actual.isnan(), expected.isnan()), "NaN positions differ"
-    finite = ~expected.isnan()
-    if not finite.any():
-        return 0.0
-    return (actual[finite] - expected[finite]).abs().max().item()
-
-
-def assert_within_budget(kernel: torch.Tensor, oracle: torch.Tensor, reference_lowp: torch.Tensor, dtype) -> None:
-    """flash-attention's rule: the kernel's error against the fp32 oracle is at most twice the reference's own
-    error in the low precision, plus a per-dtype floor."""
-    assert kernel.shape == oracle.shape, (kernel.shape, oracle.shape)
-    budget = 2 * max_error(reference_lowp, oracle) + FLOOR[dtype] * max(1.0, oracle.abs().nan_to_num().max().item())
-    error = max_error(kernel, oracle)
-    assert error <= budget, f"error {error:.3g} over budget {budget:.3g} ({dtype})"
 
 
 def random_spans(batch: int, count: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:

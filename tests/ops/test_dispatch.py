@@ -117,3 +117,20 @@ def test_env_command_reports_dispatch(command):
         assert needle in result.stdout
     if CPP_EXPECTED:
         assert "cpu   cpp     available" in result.stdout
+
+
+def test_triton_kernels_register_for_cuda_where_a_triton_module_exists():
+    """With the CUDA backend reported available, every op with a Triton kernel gets a CUDA registration, the
+    reference-only backwards none (checked in a fresh process: registration is global)."""
+    code = """
+    import torch
+    from tga_fast.ops import _backends, _library, _registration
+    if not _backends.STATUS["cuda"].available:  # else the import registered them already
+        _registration.register_device_kernels({"cuda": _backends.BackendStatus("triton", "cuda", True)})
+    print(" ".join(op for op in _library.OPS if torch._C._dispatch_has_kernel_for_dispatch_key(f"tga_fast::{op}", "CUDA")))
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "segment_pool", "segment_pool_backward", "segment_cosine", "knockout_attention", "attention_share"
+    ]

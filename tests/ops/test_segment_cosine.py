@@ -16,6 +16,8 @@ EPS = 1e-8
 
 
 def forward(impl, hidden, spans, target, eps=EPS):
+    if impl == "reference":
+        return ref.segment_cosine(hidden, spans, target, eps)
     if impl == "cpp":
         require_cpp()
         return torch.ops.tga_fast.segment_cosine(hidden, spans, target, eps)
@@ -131,7 +133,7 @@ def test_target_dtype_may_differ(impl):
     assert_within_budget(cos, expected, expected, torch.float32)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", ("reference", *IMPLEMENTATIONS))
 def test_nan_propagates_only_to_its_span(impl):
     hidden = torch.randn(1, 6, 4)
     hidden[0, 0, 1] = float("nan")

@@ -1,4 +1,7 @@
-"""Shared pieces of the Triton kernels: meta-parameter heuristics, the device guard, an exact bf16 cast.
+"""Shared pieces of every Triton kernel: tile constants, the device guard, input layout, exact casts and products.
+
+The one home of what more than one kernel uses (the span-row reduction shared by segment_pool and
+segment_cosine is ``_triton_span_sums.py``); a kernel module imports these, never another kernel module.
 
 The kernels are memory bound, so the meta-parameters are chosen by a few lines of arithmetic on the shapes
 (never by ``@triton.autotune``, which would time configurations on the first call and does not run under
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,8 +27,8 @@ MAX_BLOCK_T = 64
 PROGRAMS_PER_SM = 16
 # SM count of an H100 SXM, standing in for the device under the interpreter (CPU tensors).
 DEFAULT_SM_COUNT = 132
-# Partial-sum rows an epilogue loads at once (a [32, BLOCK_D] tile).
-MAX_CHUNK_TILE = 32
+# exp(x) = exp2(x * LOG2E): the attention kernels keep their softmax statistics in base 2.
+LOG2E = 1.4426950408889634
 
 
 def interpreted() -> bool:
@@ -59,48 +61,6 @@ def num_warps_for(tile_elements: int) -> int:
     return max(1, min(8, tile_elements // 1024))
 
 
-@dataclass(frozen=True)
-class RowReduceMeta:
-    """How a span-row reduction over ``hidden [B, T, D]`` is cut up.
-
-    Programs own ``(span, row chunk, column block)``: ``rows_per_split`` rows (a multiple of ``block_t``) of
-    ``block_d`` columns. ``num_splits == 1`` means one program reads a whole span (no partial sums).
-    """
-
-    block_t: int
-    block_d: int
-    num_warps: int
-    rows_per_split: int
-    num_splits: int
-
-
-def row_reduce_meta(num_spans: int, seq_len: int, dim: int, element_size: int, device: torch.device) -> RowReduceMeta:
-    """Meta-parameters of the span-sum kernel for ``num_spans = B * S`` spans over ``[*, seq_len, dim]``.
-
-    Span lengths are unknown on the host (reading them would synchronise), so the split assumes spans as
-    long as the sequence: it cuts ``seq_len`` into chunks such that ``num_spans * column blocks * chunks``
-    is about ``PROGRAMS_PER_SM`` programs per SM. Programs whose chunk lies past their span's end exit at
-    once. A chunk is at least 128 bytes per column, so the fp32 partial sums (4 bytes per column, written
-    and read back once) cost at most ~6% of the rows they summarise.
-    """
-    block_d = min(max(triton.next_power_of_2(dim), 16), MAX_BLOCK_D)
-    block_t = min(max(TILE_ELEMENTS // block_d, 1), MAX_BLOCK_T, max(triton.next_power_of_2(seq_len), 1))
-    num_warps = num_warps_for(block_t * block_d)
-    column_blocks = triton.cdiv(dim, block_d)
-    wanted_splits = triton.cdiv(PROGRAMS_PER_SM * sm_count(device), max(num_spans * column_blocks, 1))
-    min_rows = max(128 // element_size, block_t)
-    rows = max(triton.cdiv(seq_len, wanted_splits), min_rows)
-    rows = triton.cdiv(rows, block_t) * block_t
-    if rows >= seq_len:
-        return RowReduceMeta(block_t, block_d, num_warps, max(seq_len, 1), 1)
-    return RowReduceMeta(block_t, block_d, num_warps, rows, triton.cdiv(seq_len, rows))
-
-
-def chunk_tile(num_splits: int) -> int:
-    """Partial-sum rows an epilogue loads per step: all of a span's (``num_splits`` at most), up to 32."""
-    return min(triton.next_power_of_2(num_splits), MAX_CHUNK_TILE)
-
-
 @triton.jit
 def cast_to(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     """``x.to(dtype)`` rounding to nearest even. The interpreter of Triton 3.7 truncates fp32 -> bf16
@@ -113,3 +73,32 @@ def cast_to(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return rounded.to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+@triton.jit
+def matmul(a, b, acc, DOT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """``a @ b + acc`` in fp32. Triton 3.7's interpreter returns garbage for bf16 ``tl.dot``: there the
+    operands are widened to fp32 first, which is exact (a bf16 x bf16 product fits in fp32)."""
+    if INTERPRETED and a.dtype == tl.bfloat16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for ``dtype`` operands."""
+    # fp32 inputs: three TF32 products per product (fp32 accuracy on tensor cores). Plain TF32 is 1e-3 off the
+    # reference; "ieee" runs on the FMA units and spills kilobytes of registers on sm_90.
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def unit_last_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its last dimension is contiguous, else a contiguous copy: the kernels vectorise loads
+    along the last dimension, while the other dimensions may keep any stride (a slice is read in place)."""
+    return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
+
+
+def key_mask_bytes(mask: torch.Tensor) -> torch.Tensor:
+    """A bool ``[B, Tk]`` mask as uint8 with a unit key stride (a view when it already has one)."""
+    mask = mask if mask.stride(-1) == 1 else mask.contiguous()
+    return mask.view(torch.uint8)

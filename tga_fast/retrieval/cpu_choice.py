@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 REPROBE_EVERY = 32
 KEEP = 3  # recent timings per backend and bucket
 
-# Quiet 2-core AMD EPYC, 100k x 512, k=10 (benchmarks/README_retrieval.md): faiss's SIMD scan (< 20 queries)
+# Quiet 2-core AMD EPYC, 100k x 512, k=10 (benchmarks/README.md, "Retrieval"): faiss's SIMD scan (< 20 queries)
 # beats torch's single-threaded GEMV; from 20 queries faiss runs small BLAS blocks plus a heap per query and the
 # [C, d] @ [d, Q] torch chunks win; at large batches faiss's OpenBLAS GEMM beats torch's MKL on this CPU.
 CPU_FAISS_BELOW = 20

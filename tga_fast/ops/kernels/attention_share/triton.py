@@ -23,8 +23,6 @@ import triton.language as tl
 
 from tga_fast.ops import _triton_utils as tu
 from tga_fast.ops.kernels.attention_share import reference
-from tga_fast.ops.kernels.knockout_attention.reference import default_scale
-from tga_fast.ops.kernels.knockout_attention.triton import LOG2E, dot_precision, key_mask_bytes, matmul, unit_last_stride
 
 # --- kernel --------------------------------------------------------------------------------------------
 
@@ -92,7 +90,7 @@ def attention_share_kernel(
             mask=key_mask[:, None] & dim_mask[None, :],
             other=0.0,
         )
-        scores = matmul(q, tl.trans(k), None, DOT_PRECISION, INTERPRETED) * qk_scale  # [BLOCK_M, BLOCK_N]
+        scores = tu.matmul(q, tl.trans(k), None, DOT_PRECISION, INTERPRETED) * qk_scale  # [BLOCK_M, BLOCK_N]
         open_key = key_mask
         if HAS_KEY_VALID:
             open_key = open_key & (tl.load(valid_base + keys, mask=key_mask, other=0) != 0)
@@ -145,12 +143,12 @@ def attention_share(
         return share
     if num_keys == 0:
         return share.zero_()
-    q, k = unit_last_stride(q), unit_last_stride(k)
-    key_set = key_mask_bytes(key_set)
-    valid = key_mask_bytes(key_valid) if key_valid is not None else key_set
+    q, k = tu.unit_last_stride(q), tu.unit_last_stride(k)
+    key_set = tu.key_mask_bytes(key_set)
+    valid = tu.key_mask_bytes(key_valid) if key_valid is not None else key_set
     group = heads // kv_heads
     block_m, block_n, block_d, num_warps = share_blocks(num_rows * group, dim, q.dtype)
-    qk_scale = default_scale(scale, dim) * LOG2E
+    qk_scale = reference.default_scale(scale, dim) * tu.LOG2E
     grid = (triton.cdiv(num_rows * group, block_m), batch * kv_heads)
     with tu.device_guard(q):
         attention_share_kernel[grid](
@@ -165,7 +163,7 @@ def attention_share(
             BLOCK_N=block_n,
             BLOCK_D=block_d,
             HAS_KEY_VALID=key_valid is not None,
-            DOT_PRECISION=dot_precision(q.dtype),
+            DOT_PRECISION=tu.dot_precision(q.dtype),
             INTERPRETED=tu.interpreted(),
             num_warps=num_warps,
             num_stages=3,

@@ -49,19 +49,7 @@ except ImportError:  # Triton < 3.4 has no host-side descriptors: K and V are re
 from tga_fast.ops import _triton_utils as tu
 from tga_fast.ops.kernels.knockout_attention import reference
 
-LOG2E = 1.4426950408889634
-
 # --- kernel --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def matmul(a, b, acc, DOT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
-    """``a @ b + acc`` in fp32. Triton 3.7's interpreter returns garbage for bf16 ``tl.dot``: there the
-    operands are widened to fp32 first, which is exact (a bf16 x bf16 product fits in fp32)."""
-    if INTERPRETED and a.dtype == tl.bfloat16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -180,7 +168,7 @@ def attend_block(
         tile_mask = key_mask[:, None] & dim_mask[None, :]
         k = tl.load(k_base + keys.to(tl.int64)[:, None] * stride_kt + dims[None, :], mask=tile_mask, other=0.0)
         v = tl.load(v_base + keys.to(tl.int64)[:, None] * stride_vt + dims[None, :], mask=tile_mask, other=0.0)
-    scores = matmul(q, tl.trans(k), None, DOT_PRECISION, INTERPRETED) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
+    scores = tu.matmul(q, tl.trans(k), None, DOT_PRECISION, INTERPRETED) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
 
     blocked = tl.load(blocked_base + keys, mask=key_mask, other=1) != 0
     open_key = key_mask
@@ -200,7 +188,7 @@ def attend_block(
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None]
-    acc = matmul(tu.cast_to(p, v.dtype, INTERPRETED), v, acc, DOT_PRECISION, INTERPRETED)
+    acc = tu.matmul(tu.cast_to(p, v.dtype, INTERPRETED), v, acc, DOT_PRECISION, INTERPRETED)
     return m_new, l_i, acc
 
 
@@ -231,16 +219,6 @@ def attention_meta(packed_rows: int, dim: int, dtype: torch.dtype) -> AttentionM
     return AttentionMeta(block_m, block_n, block_d, num_warps, 2 if wide else 3)
 
 
-def unit_last_stride(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
-
-
-def key_mask_bytes(mask: torch.Tensor) -> torch.Tensor:
-    """A bool ``[B, Tk]`` mask as uint8 with a unit key stride (a view when it already has one)."""
-    mask = mask if mask.stride(-1) == 1 else mask.contiguous()
-    return mask.view(torch.uint8)
-
-
 def tma_compatible(k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether K and V can be read by the tensor memory accelerator: an sm_90+ GPU (or the interpreter, which
     emulates descriptors), 16-byte aligned base addresses and strides, a unit stride in d."""
@@ -262,12 +240,6 @@ def kv_descriptor(x: torch.Tensor, meta: AttentionMeta):
     return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, meta.block_n, meta.block_d])
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: three TF32 products per product (fp32 accuracy on tensor cores). Plain TF32 is 1e-3 off the
-    # reference; "ieee" runs on the FMA units and spills kilobytes of registers on sm_90.
-    return "tf32x3" if dtype == torch.float32 else "tf32"
-
-
 def knockout_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -287,14 +259,14 @@ def knockout_attention(
     out = torch.empty((batch, heads, num_queries, dim), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    q, k, v = unit_last_stride(q), unit_last_stride(k), unit_last_stride(v)
-    blocked = key_mask_bytes(blocked)
-    valid = key_mask_bytes(key_valid) if key_valid is not None else blocked
+    q, k, v = tu.unit_last_stride(q), tu.unit_last_stride(k), tu.unit_last_stride(v)
+    blocked = tu.key_mask_bytes(blocked)
+    valid = tu.key_mask_bytes(key_valid) if key_valid is not None else blocked
     group = heads // kv_heads
     meta = attention_meta(num_queries * group, dim, q.dtype)
     use_tma = tma_compatible(k, v) if use_tma is None else use_tma
     k_arg, v_arg = (kv_descriptor(k, meta), kv_descriptor(v, meta)) if use_tma else (k, v)
-    qk_scale = reference.default_scale(scale, dim) * LOG2E
+    qk_scale = reference.default_scale(scale, dim) * tu.LOG2E
     grid = (triton.cdiv(num_queries * group, meta.block_m), batch * kv_heads)
     with tu.device_guard(q):
         knockout_attention_kernel[grid](
@@ -310,7 +282,7 @@ def knockout_attention(
             BLOCK_D=meta.block_d,
             HAS_KEY_VALID=key_valid is not None,
             USE_TMA=use_tma,
-            DOT_PRECISION=dot_precision(q.dtype),
+            DOT_PRECISION=tu.dot_precision(q.dtype),
             INTERPRETED=tu.interpreted(),
             num_warps=meta.num_warps,
             num_stages=meta.num_stages,

@@ -2,7 +2,7 @@
 
 The specification is ``reference.py`` next to this file. Two kernels, each span row read once::
 
-    1. segment_pool's span_sum_kernel: programs (span, row chunk, column block) -> fp32 partial sums
+    1. the span-row sums shared with segment_pool (``tga_fast/ops/_triton_span_sums.py``): programs (span, row chunk, column block) -> fp32 partial sums
        [B * S, num_splits, D] (with num_splits == 1 on large grids: one chunk per span)
     2. cosine_epilogue_kernel, one program per span: mean = sum of the span's partials / len, stored (fp32,
        the backward needs it), and in the same pass x.y, |x|^2, |y|^2 against target[b] ->
@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from tga_fast.ops import _triton_span_sums as span_sums
 from tga_fast.ops import _triton_utils as tu
 from tga_fast.ops.kernels.segment_cosine import reference
-from tga_fast.ops.kernels.segment_pool.triton import unit_column_stride, load_span, span_sums, sum_chunks
 
 # Elements of the epilogue's [CHUNK_TILE, BLOCK_D] step: 32 fp32 registers per thread at 8 warps.
 EPILOGUE_TILE = 8192
@@ -49,7 +49,7 @@ def cosine_epilogue_kernel(
     """Program (span): the span's mean from its partial sums, then its cosine with the sample's target."""
     span = tl.program_id(0)
     sample = span // spans_per_sample
-    start, end = load_span(spans_ptr, span, seq_len)
+    start, end = span_sums.load_span(spans_ptr, span, seq_len)
     length = end - start
     num_chunks = tl.cdiv(length, rows_per_split).to(tl.int32)
     span_length = tl.maximum(length, 1).to(tl.float32)
@@ -63,7 +63,7 @@ def cosine_epilogue_kernel(
     for col_start in range(0, dim, BLOCK_D):
         cols = col_start + tl.arange(0, BLOCK_D)
         col_mask = cols < dim
-        total = sum_chunks(partial_base + cols, num_chunks, dim, col_mask, CHUNK_TILE, BLOCK_D)
+        total = span_sums.sum_chunks(partial_base + cols, num_chunks, dim, col_mask, CHUNK_TILE, BLOCK_D)
         x = tl.div_rn(total, span_length)
         tl.store(mean_base + cols, x, mask=col_mask)
         y = tl.load(target_base + cols * stride_yd, mask=col_mask, other=0.0).to(tl.float32)
@@ -94,10 +94,10 @@ def segment_cosine(
         return cos, mean
     if dim == 0:  # 0 / (eps * eps)
         return cos.zero_(), mean
-    hidden, spans = unit_column_stride(hidden), spans.contiguous()
+    hidden, spans = tu.unit_last_stride(hidden), spans.contiguous()
     with tu.device_guard(hidden):
-        sums, meta = span_sums(hidden, spans, None)
-        chunk_tile = tu.chunk_tile(meta.num_splits)
+        sums, meta = span_sums.span_sums(hidden, spans, None)
+        chunk_tile = span_sums.chunk_tile(meta.num_splits)
         block_d = min(max(triton.next_power_of_2(dim), 16), EPILOGUE_TILE // chunk_tile)
         cosine_epilogue_kernel[(batch * spans_per_sample,)](
             sums,

@@ -4,16 +4,10 @@ The specification is ``reference.py`` next to this file: ``pooled[b, s] = mean(h
 accumulated in fp32, zeros for an empty span, rows outside a span never read. Both directions are memory
 bound; the kernels touch each span row once (forward) and write each gradient row once (backward).
 
-Forward, ``hidden [B, T, D] -> pooled [B, S, D]``. B * S is small in TGA (4 samples x 2-3 spans) while
-spans are long (576 image rows), so one program per span would leave most of an H100 idle. The span rows
-are cut into chunks instead::
-
-    span [start, end):  |-- chunk 0 --|-- chunk 1 --|-- chunk 2 --|.....     chunk k >= cdiv(len, rows): exit
-    program (span, chunk k, column block j): sum of its rows -> partial[b*S + s, k, j-th columns] (fp32)
-    epilogue (span, column block j): sum of the cdiv(len, rows) partials / len -> pooled
-
-When the grid is large enough without cutting (many spans, or a short sequence), one program sums a
-whole span and writes the mean directly, without partials or epilogue.
+Forward, ``hidden [B, T, D] -> pooled [B, S, D]``: the span-row sums of ``tga_fast/ops/_triton_span_sums.py``
+(shared with segment_cosine: programs over (span, row chunk, column block), fp32 partial sums), then
+``span_mean_epilogue_kernel`` per (span, column block): the span's partials summed and divided by its length.
+When one chunk covers every span, the sum kernel writes the means itself and there is no epilogue.
 
 Backward, ``grad_pooled [B, S, D] -> grad_hidden [B, T, D]``: one program per (b, row block, column block)
 walks the S spans, adds ``grad_pooled[b, s] / len(s)`` to the rows of its tile the span covers and writes
@@ -29,92 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from tga_fast.ops import _triton_span_sums as span_sums
 from tga_fast.ops import _triton_utils as tu
 from tga_fast.ops.kernels.segment_pool import reference
 
 # --- kernels -------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def load_span(spans_ptr, span, seq_len):
-    """``[start, end)`` of flat span ``span`` (``spans`` contiguous ``[B * S, 2]``), clamped into ``[0, T]``."""
-    start = tl.load(spans_ptr + 2 * span)
-    end = tl.load(spans_ptr + 2 * span + 1)
-    start = tl.minimum(tl.maximum(start, 0), seq_len)
-    end = tl.minimum(tl.maximum(end, start), seq_len)
-    return start, end
-
-
-@triton.jit
-def span_sum_kernel(
-    hidden_ptr,  # [B, T, D], any strides with a unit column stride
-    spans_ptr,  # int64 [B * S, 2], contiguous
-    out_ptr,  # WRITE_MEAN: pooled [B * S, D]; else fp32 partial sums [B * S, num_splits, D]
-    seq_len,
-    dim,
-    spans_per_sample,
-    num_splits,
-    rows_per_split,
-    stride_hb,
-    stride_ht,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    WRITE_MEAN: tl.constexpr,  # one chunk covers the span: store the mean in out's dtype
-    INTERPRETED: tl.constexpr,
-):
-    """Program (span * num_splits + chunk, column block): fp32 sum of the chunk's rows of one span."""
-    pid = tl.program_id(0)
-    span = pid // num_splits
-    chunk = pid % num_splits
-    sample = span // spans_per_sample
-
-    start, end = load_span(spans_ptr, span, seq_len)
-    chunk_start = start + chunk.to(tl.int64) * rows_per_split
-    chunk_end = tl.minimum(end, chunk_start + rows_per_split)
-    num_rows = tl.maximum(chunk_end - chunk_start, 0).to(tl.int32)
-
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < dim
-    row_offsets = tl.arange(0, BLOCK_T)
-    # int64 row indices (spans are int64): B * T * D may exceed 2^31.
-    base = hidden_ptr + sample.to(tl.int64) * stride_hb + cols[None, :]
-
-    # A [BLOCK_T, BLOCK_D] accumulator, reduced over rows once after the loop (not once per tile).
-    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    for i in range(0, tl.cdiv(num_rows, BLOCK_T)):
-        rows = chunk_start + i * BLOCK_T + row_offsets
-        # Masked-off rows are not read: a NaN outside the span cannot leak in.
-        mask = (rows < chunk_end)[:, None] & col_mask[None, :]
-        tile = tl.load(base + rows[:, None] * stride_ht, mask=mask, other=0.0, eviction_policy="evict_first")
-        acc += tile.to(tl.float32)
-    total = tl.sum(acc, axis=0)
-
-    if WRITE_MEAN:
-        length = tl.maximum(end - start, 1).to(tl.float32)
-        mean = tl.div_rn(total, length)
-        tl.store(out_ptr + span.to(tl.int64) * dim + cols, tu.cast_to(mean, out_ptr.dtype.element_ty, INTERPRETED),
-                 mask=col_mask)
-    else:
-        # Chunks past the span's end write nothing; the epilogue reads only cdiv(len, rows) chunks. (Written as a
-        # column limit: Triton 3.9's interpreter rejects a mask combining a block with a scalar condition.)
-        offset = (span.to(tl.int64) * num_splits + chunk) * dim
-        cols_to_write = tl.where(num_rows > 0, dim, 0)
-        tl.store(out_ptr + offset + cols, total, mask=cols < cols_to_write)
-
-
-@triton.jit
-def sum_chunks(chunk_ptr, num_chunks, dim, col_mask, CHUNK_TILE: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Sum of the fp32 rows ``chunk_ptr + k * dim`` (a [BLOCK_D] pointer block) for ``k < num_chunks``.
-
-    A [CHUNK_TILE, BLOCK_D] tile per step: all of a span's partials are requested at once, so the epilogue
-    waits for one memory round trip per step rather than one per chunk."""
-    chunks = tl.arange(0, CHUNK_TILE)
-    total = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for first in range(0, num_chunks, CHUNK_TILE):
-        mask = ((first + chunks) < num_chunks)[:, None] & col_mask[None, :]
-        tile = tl.load(chunk_ptr[None, :] + (first + chunks)[:, None] * dim, mask=mask, other=0.0)
-        total += tl.sum(tile, axis=0)
-    return total
 
 
 @triton.jit
@@ -132,13 +45,13 @@ def span_mean_epilogue_kernel(
 ):
     """Program (span, column block): mean = sum of the span's written partials / len (zeros if empty)."""
     span = tl.program_id(0)
-    start, end = load_span(spans_ptr, span, seq_len)
+    start, end = span_sums.load_span(spans_ptr, span, seq_len)
     length = end - start
     num_chunks = tl.cdiv(length, rows_per_split).to(tl.int32)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < dim
     chunk_ptr = partial_ptr + span.to(tl.int64) * num_splits * dim + cols
-    total = sum_chunks(chunk_ptr, num_chunks, dim, col_mask, CHUNK_TILE, BLOCK_D)
+    total = span_sums.sum_chunks(chunk_ptr, num_chunks, dim, col_mask, CHUNK_TILE, BLOCK_D)
     mean = tl.div_rn(total, tl.maximum(length, 1).to(tl.float32))
     tl.store(out_ptr + span.to(tl.int64) * dim + cols, tu.cast_to(mean, out_ptr.dtype.element_ty, INTERPRETED),
              mask=col_mask)
@@ -171,7 +84,7 @@ def span_grad_kernel(
     acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for s in range(0, spans_per_sample):
         span = sample * spans_per_sample + s
-        start, end = load_span(spans_ptr, span, seq_len)
+        start, end = span_sums.load_span(spans_ptr, span, seq_len)
         start, end = start.to(tl.int32), end.to(tl.int32)  # in [0, T]: 32-bit row compares, half the registers
         if (start < row_start + BLOCK_T) & (end > row_start):  # the span meets this tile
             grad = tl.load(
@@ -191,46 +104,6 @@ def span_grad_kernel(
 # --- launchers -----------------------------------------------------------------------------------------
 
 
-def span_sums(
-    hidden: torch.Tensor, spans: torch.Tensor, out: torch.Tensor | None
-) -> tuple[torch.Tensor, tu.RowReduceMeta]:
-    """Launches ``span_sum_kernel`` over ``hidden [B, T, D]`` (unit column stride) and ``spans`` (contiguous).
-
-    If ``out`` is given and one chunk covers every span, writes the means into ``out [B, S, D]`` and returns
-    it; otherwise returns the fp32 partial sums ``[B * S, num_splits, D]``. Also returns the meta-parameters.
-    """
-    batch, seq_len, dim = hidden.shape
-    num_spans = batch * spans.shape[1]
-    meta = tu.row_reduce_meta(num_spans, seq_len, dim, hidden.element_size(), hidden.device)
-    write_mean = out is not None and meta.num_splits == 1
-    if not write_mean:
-        out = torch.empty((num_spans, meta.num_splits, dim), dtype=torch.float32, device=hidden.device)
-    grid = (num_spans * meta.num_splits, triton.cdiv(dim, meta.block_d))
-    span_sum_kernel[grid](
-        hidden,
-        spans,
-        out,
-        seq_len,
-        dim,
-        spans.shape[1],
-        meta.num_splits,
-        meta.rows_per_split,
-        hidden.stride(0),
-        hidden.stride(1),
-        BLOCK_T=meta.block_t,
-        BLOCK_D=meta.block_d,
-        WRITE_MEAN=write_mean,
-        INTERPRETED=tu.interpreted(),
-        num_warps=meta.num_warps,
-    )
-    return out, meta
-
-
-def unit_column_stride(hidden: torch.Tensor) -> torch.Tensor:
-    """Rows may be strided (a slice of a longer sequence is read in place); columns must be contiguous."""
-    return hidden if hidden.stride(-1) == 1 or hidden.shape[-1] <= 1 else hidden.contiguous()
-
-
 def segment_pool(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     """Span means: hidden ``[B, T, D]`` f32/f16/bf16, spans int64 ``[B, S, 2]`` -> ``[B, S, D]`` in hidden's dtype."""
     if hidden.dtype == torch.float64:  # fp64 (gradcheck) accumulates in fp64: the reference does that
@@ -239,12 +112,12 @@ def segment_pool(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     pooled = torch.empty((batch, spans.shape[1], dim), dtype=hidden.dtype, device=hidden.device)
     if pooled.numel() == 0:
         return pooled
-    hidden, spans = unit_column_stride(hidden), spans.contiguous()
+    hidden, spans = tu.unit_last_stride(hidden), spans.contiguous()
     with tu.device_guard(hidden):
-        sums, meta = span_sums(hidden, spans, pooled)
+        sums, meta = span_sums.span_sums(hidden, spans, pooled)
         if sums is pooled:
             return pooled
-        chunk_tile = tu.chunk_tile(meta.num_splits)
+        chunk_tile = span_sums.chunk_tile(meta.num_splits)
         grid = (sums.shape[0], triton.cdiv(dim, meta.block_d))
         span_mean_epilogue_kernel[grid](
             sums,
