@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.models.conftest import llm_batch, vlm_batch
-from tga_fast.models import attention_shares, capture, knockout, resolve, skip_layers, steer
+from tga_fast.models import attention_shares, capture, knockout, open_modifiers, resolve, skip_layers, steer
 from tga_fast.models.tiny import tiny_llm
 
 
@@ -148,14 +148,14 @@ def test_skip_layers_passes_the_input_through(llm):
 
 
 def _share_oracle(eager, batch, blocked, key_set):
-    """Logits and per-block shares ``[N, B, H, 1]`` of the last position on ``key_set`` from eager attention with the
-    explicit knockout mask at every block (``output_attentions``: the probabilities the model really used)."""
+    """Logits and per-block shares ``[N, B, H, 2]`` of the last two positions on ``key_set`` from eager attention
+    with the explicit knockout mask at every block (``output_attentions``: the probabilities the model really used)."""
     out = eager(
         input_ids=batch["input_ids"],
         attention_mask=explicit_mask(batch["attention_mask"], blocked),
         output_attentions=True,
     )
-    shares = torch.stack([(a[:, :, -1, :] * key_set[:, None, :]).sum(-1)[..., None] for a in out.attentions])
+    shares = torch.stack([(a[:, :, -2:, :] * key_set[:, None, None, :]).sum(-1) for a in out.attentions])
     return out.logits, shares
 
 
@@ -167,7 +167,7 @@ def test_knockout_and_share_probe_nest_in_either_order(eager_and_sdpa, knockout_
     blocked = toxic_blocked(spans, seq_len)
     # The probed keys include the knocked-out ones: their share must be 0 and the rest renormalised without them.
     key_set = spans.mask(seq_len, "retrieved", "question")
-    rows = torch.full((3, 1), seq_len - 1)  # the last prompt position (left padding)
+    rows = torch.tensor([[seq_len - 2, seq_len - 1]] * 3)  # the last two prompt positions (left padding)
     all_blocks = range(1, resolve(sdpa).num_layers + 1)
     with torch.no_grad():
         if knockout_inside:
@@ -211,6 +211,7 @@ def test_inner_exit_keeps_the_outer_context_and_errors_restore_everything(eager_
     torch.testing.assert_close(after_inner[real], expected[real], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(restored, plain)
     assert sdpa.config._attn_implementation == "sdpa"
+    assert not any(open_modifiers(layer.self_attn) for layer in resolve(sdpa).decoder_layers)
 
 
 def test_two_knockouts_on_one_block_block_both_sets(eager_and_sdpa):

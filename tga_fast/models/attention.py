@@ -42,10 +42,19 @@ ATTENTION_NAME = "tga_fast"
 # Attention module -> the modifiers open on it, oldest first. Weak keys: a model dropped inside a context is
 # not kept alive by it.
 _STACKS: "weakref.WeakKeyDictionary[nn.Module, list[AttentionModifier]]" = weakref.WeakKeyDictionary()
-# id(text config) -> [config, its own implementation, open contexts]; the config is held while switched, so the
-# id cannot be reused.
-_SWITCHED: dict[int, list] = {}
 _registered = False
+
+
+@dataclass
+class _Switch:
+    """A text config switched to ``ATTENTION_NAME``: its own implementation and how many contexts are open."""
+
+    config: object  # held while switched, so its id (the key of _SWITCHED) cannot be reused
+    own_implementation: str | None
+    open_contexts: int = 0
+
+
+_SWITCHED: dict[int, _Switch] = {}
 
 
 class AttentionModifier:
@@ -156,19 +165,19 @@ def _register() -> None:
 
 
 def _switch_on(config) -> None:
-    entry = _SWITCHED.get(id(config))
-    if entry is None:
-        entry = _SWITCHED[id(config)] = [config, config._attn_implementation, 0]
-    entry[2] += 1
+    switch = _SWITCHED.get(id(config))
+    if switch is None:
+        switch = _SWITCHED[id(config)] = _Switch(config, config._attn_implementation)
+    switch.open_contexts += 1
     config._attn_implementation = ATTENTION_NAME
 
 
 def _switch_off(config) -> None:
-    entry = _SWITCHED[id(config)]
-    entry[2] -= 1
-    if entry[2] == 0:
+    switch = _SWITCHED[id(config)]
+    switch.open_contexts -= 1
+    if switch.open_contexts == 0:  # the last context on this model: its own implementation comes back
         del _SWITCHED[id(config)]
-        config._attn_implementation = entry[1]
+        config._attn_implementation = switch.own_implementation
 
 
 @contextlib.contextmanager
