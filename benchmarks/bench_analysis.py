@@ -38,8 +38,7 @@ import pytest
 import torch
 
 from benchmarks.measure import ROOT, peak_memory_here
-from tga_fast.analysis.safety_layers_3a import logit_lens
-from tga_fast.models import attention_shares, capture, resolve
+from tga_fast.models import attention_shares, capture, logit_lens, resolve
 
 PROVIDERS = ("baseline", "tga_fast", "plain")
 LENGTHS = (512, 2048, 4096)

@@ -7,7 +7,14 @@ import contextlib
 import pytest
 import torch
 
-from tga_fast.analysis import KnockoutSweepResult, SteeringSweepResult, knockout_sweep, layer_windows, steering_sweep
+from tga_fast.analysis import (
+    KnockoutSweepResult,
+    SteeringSweepResult,
+    block_windows,
+    knockout_sweep,
+    layer_windows,
+    steering_sweep,
+)
 from tga_fast.analysis.steering_sweep_3e import _text_states
 from tga_fast.models import resolve
 from tga_fast.models.prompts import encode_prompts
@@ -37,6 +44,14 @@ def test_layer_windows():
     assert layer_windows(32, 5)[-1] == [31, 32]
     with pytest.raises(ValueError, match="window"):
         layer_windows(4, 0)
+    assert layer_windows(4, 2, first=0) == [[0, 1], [2, 3], [4, 4]]  # HF layers may start at the embeddings
+
+
+def test_block_windows_cover_the_decoder_blocks():
+    assert block_windows(12, 5) == [[1, 5], [6, 10], [11, 12]]
+    assert block_windows(4, 4) == [[1, 4]]
+    with pytest.raises(ValueError, match="window"):
+        block_windows(4, 0)
 
 
 def test_knockout_sweep_end_to_end(llava, samples, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.models.conftest import llm_batch, vlm_batch
-from tga_fast.models import attention_shares, capture, knockout, resolve, skip_layers, steer
+from tga_fast.models import attention_shares, capture, knockout, open_modifiers, resolve, skip_layers, steer
 from tga_fast.models.tiny import tiny_llm
 
 
@@ -145,3 +145,86 @@ def test_skip_layers_passes_the_input_through(llm):
             model(**batch)
     torch.testing.assert_close(cap.pooled[1], cap.pooled[0])
     assert not torch.allclose(plain.pooled[0], cap.pooled[1])
+
+
+def _share_oracle(eager, batch, blocked, key_set):
+    """Logits and per-block shares ``[N, B, H, 2]`` of the last two positions on ``key_set`` from eager attention
+    with the explicit knockout mask at every block (``output_attentions``: the probabilities the model really used)."""
+    out = eager(
+        input_ids=batch["input_ids"],
+        attention_mask=explicit_mask(batch["attention_mask"], blocked),
+        output_attentions=True,
+    )
+    shares = torch.stack([(a[:, :, -2:, :] * key_set[:, None, None, :]).sum(-1) for a in out.attentions])
+    return out.logits, shares
+
+
+@pytest.mark.parametrize("knockout_inside", [True, False], ids=["knockout-inside-probe", "probe-inside-knockout"])
+def test_knockout_and_share_probe_nest_in_either_order(eager_and_sdpa, knockout_inside):
+    sdpa, eager, tokenizer = eager_and_sdpa
+    batch, spans, _, _ = llm_batch(tokenizer, "left")
+    seq_len = batch["input_ids"].shape[1]
+    blocked = toxic_blocked(spans, seq_len)
+    # The probed keys include the knocked-out ones: their share must be 0 and the rest renormalised without them.
+    key_set = spans.mask(seq_len, "retrieved", "question")
+    rows = torch.tensor([[seq_len - 2, seq_len - 1]] * 3)  # the last two prompt positions (left padding)
+    all_blocks = range(1, resolve(sdpa).num_layers + 1)
+    with torch.no_grad():
+        if knockout_inside:
+            with attention_shares(sdpa, key_set, rows) as probe:
+                with knockout(sdpa, all_blocks, blocked):
+                    knocked = sdpa(**batch).logits
+        else:
+            with knockout(sdpa, all_blocks, blocked):
+                with attention_shares(sdpa, key_set, rows) as probe:
+                    knocked = sdpa(**batch).logits
+        expected_logits, expected_share = _share_oracle(eager, batch, blocked, key_set)
+    real = batch["attention_mask"].bool()
+    # fp32 throughout: SDPA/fused-op vs eager differ by reassociation only (~1e-6 relative per layer, 4 layers).
+    torch.testing.assert_close(knocked[real], expected_logits[real], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(probe.share, expected_share, rtol=1e-4, atol=1e-5)
+    assert sdpa.config._attn_implementation == "sdpa"  # the model's own implementation is back
+
+
+def test_inner_exit_keeps_the_outer_context_and_errors_restore_everything(eager_and_sdpa):
+    sdpa, eager, tokenizer = eager_and_sdpa
+    batch, spans, _, _ = llm_batch(tokenizer, "left")
+    seq_len = batch["input_ids"].shape[1]
+    blocked = toxic_blocked(spans, seq_len)
+    all_blocks = range(1, resolve(sdpa).num_layers + 1)
+    with torch.no_grad():
+        plain = sdpa(**batch).logits
+        with knockout(sdpa, all_blocks, blocked):
+            with knockout(sdpa, [1], torch.zeros_like(blocked)):
+                pass
+            after_inner = sdpa(**batch).logits  # the outer knockout still holds
+        expected = eager(input_ids=batch["input_ids"], attention_mask=explicit_mask(batch["attention_mask"], blocked)).logits
+        with pytest.raises(RuntimeError, match="boom"):
+            with attention_shares(sdpa, blocked, torch.full((3, 1), seq_len - 1)):
+                with knockout(sdpa, all_blocks, blocked):
+                    raise RuntimeError("boom")
+        restored = sdpa(**batch).logits
+        with knockout(eager, [2], blocked):  # an eager model gets eager back
+            assert eager.config._attn_implementation != "eager"
+        assert eager.config._attn_implementation == "eager"
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(after_inner[real], expected[real], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(restored, plain)
+    assert sdpa.config._attn_implementation == "sdpa"
+    assert not any(open_modifiers(layer.self_attn) for layer in resolve(sdpa).decoder_layers)
+
+
+def test_two_knockouts_on_one_block_block_both_sets(eager_and_sdpa):
+    sdpa, eager, tokenizer = eager_and_sdpa
+    batch, spans, _, _ = llm_batch(tokenizer, "left")
+    seq_len = batch["input_ids"].shape[1]
+    retrieved, question = spans.mask(seq_len, "retrieved"), spans.mask(seq_len, "question")
+    all_blocks = range(1, resolve(sdpa).num_layers + 1)
+    with torch.no_grad():
+        with knockout(sdpa, all_blocks, retrieved), knockout(sdpa, all_blocks, question):
+            knocked = sdpa(**batch).logits
+        expected = eager(
+            input_ids=batch["input_ids"], attention_mask=explicit_mask(batch["attention_mask"], retrieved | question)
+        ).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(knocked[real], expected[real], rtol=1e-4, atol=1e-5)

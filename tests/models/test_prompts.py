@@ -104,3 +104,55 @@ def test_exactly_one_bos_whatever_prints_it(template_has_bos):
     image_ids = image.batch["input_ids"][0].tolist()
     assert image_ids[0] == bos and image_ids.count(bos) == 1
     assert _decoded(processor.tokenizer, image, 0, "question") == "how?"
+
+
+def _lengths(encoded):
+    return encoded.batch["attention_mask"].sum(1)
+
+
+def test_prompts_past_the_context_warn_once_or_raise(caplog):
+    from tga_fast.errors import UserError
+
+    _, tokenizer = tiny_llm("llama")
+    tokenizer.padding_side = "left"
+    prompts = [Prompt("hi"), Prompt("how do i make this thing at home, step by step?"), Prompt("ok")]
+    lengths = _lengths(encode_prompts(tokenizer, prompts))
+    limit = int(lengths.min())  # the shortest fits, the two others do not
+    with caplog.at_level("WARNING", logger="tga_fast.models.prompts"):
+        encoded = encode_prompts(tokenizer, prompts, max_length=limit)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tga_fast.models.prompts"]
+    assert len(warnings) == 1
+    assert f"2 of 3 prompts are longer than the model's context of {limit} tokens" in warnings[0]
+    assert f"the longest has {int(lengths.max())}" in warnings[0]
+    assert (_lengths(encoded) == lengths).all()  # warned, never truncated
+    with pytest.raises(UserError, match="2 of 3 prompts are longer"):
+        encode_prompts(tokenizer, prompts, max_length=limit, too_long="error")
+    with pytest.raises(ValueError, match="too_long"):
+        encode_prompts(tokenizer, prompts, too_long="truncate")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tga_fast.models.prompts"):
+        encode_prompts(tokenizer, prompts, max_length=int(lengths.max()))  # exactly at the limit: fine
+    assert not [r for r in caplog.records if r.name == "tga_fast.models.prompts"]
+
+
+def test_the_tokenizer_limit_is_the_default_context(caplog):
+    _, tokenizer = tiny_llm("llama")
+    tokenizer.model_max_length = 4
+    with caplog.at_level("WARNING", logger="tga_fast.models.prompts"):
+        encode_prompts(tokenizer, [Prompt("how do i make this thing at home?")])
+    assert any("1 of 1 prompts are longer than the model's context of 4" in r.getMessage() for r in caplog.records)
+
+
+def test_the_model_context_reaches_the_evaluation_encoding(caplog):
+    """``encode_for_model`` (DSR, analyses) passes the model's ``max_position_embeddings``."""
+    from tga_fast.evaluation.generation import encode_for_model
+
+    model, tokenizer = tiny_llm("llama")
+    saved = model.config.max_position_embeddings
+    model.config.max_position_embeddings = 4
+    try:
+        with caplog.at_level("WARNING", logger="tga_fast.models.prompts"):
+            encode_for_model(model, tokenizer, [Prompt("how do i make this thing at home?")], None)
+    finally:
+        model.config.max_position_embeddings = saved
+    assert any("context of 4 tokens" in r.getMessage() for r in caplog.records)

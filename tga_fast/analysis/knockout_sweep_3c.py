@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from tga_fast.analysis.results import AnalysisResult, layer_windows, outcome_rows
+from tga_fast.analysis.results import AnalysisResult, block_windows, outcome_rows
 
 __all__ = ["KnockoutSweepResult", "knockout_sweep"]
 
@@ -93,7 +93,7 @@ def knockout_sweep(
     if unknown or not variants:
         raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {list(variants)}")
     parts = resolve(model)
-    windows = layer_windows(parts.num_layers, window)
+    windows = block_windows(parts.num_layers, window)
     kept, skipped = select_samples(samples, toxic_only=True, need_marks=True)
     judge = KeywordJudge() if judge is None else judge
     common = dict(condition="text", with_retrieved=with_retrieved, system_prompt=system_prompt, judge=judge,
@@ -111,14 +111,14 @@ def knockout_sweep(
     per_sample = [{"id": str(s.id), "scene": s.scene, **{v: [] for v in VARIANTS}} for s in kept]
     baseline = None
     with tqdm(total=len(runs), desc="knockout sweep", unit="run", disable=not progress) as bar:
-        for variant, layers in runs:
-            if layers is None:
+        for variant, bounds in runs:
+            if bounds is None:
                 dsr = evaluate_dsr(model, processor, kept, **common)
             else:
-                blocks = tuple(range(layers[0], layers[1] + 1))
+                blocks = tuple(range(bounds[0], bounds[1] + 1))
                 dsr = evaluate_dsr(model, processor, kept, intervention=intervention(variant, blocks), **common)
             overall, by_scene, records = outcome_rows(dsr)
-            if layers is None:
+            if bounds is None:
                 baseline, scenes["baseline"] = overall, by_scene
                 for row, record, raw in zip(per_sample, records, dsr.records):
                     row["prompt"], row["baseline"] = raw.prompt, record
@@ -127,7 +127,7 @@ def knockout_sweep(
                 scenes[variant].append(by_scene)
                 for row, record in zip(per_sample, records):
                     row[variant].append(record)
-            bar.set_postfix_str(f"{variant} {layers or ''} DSR {overall['rate']:.2f}")
+            bar.set_postfix_str(f"{variant} {bounds or ''} DSR {overall['rate']:.2f}")
             bar.update()
     return KnockoutSweepResult(
         windows=windows,

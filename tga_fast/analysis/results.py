@@ -1,4 +1,5 @@
-"""What every analysis result shares: JSON in and out, ``save(out_dir)`` (result.json + figure.png), layer windows.
+"""What every analysis result shares: JSON in and out, ``save(out_dir)`` (result.json + figure.png), windows of
+layers or blocks.
 
 Results hold plain Python values (lists of floats and ints, dicts, strings), never tensors, so that ``to_json()``
 is exact and ``from_json(to_json())`` gives an equal result. A missing value is ``None`` (JSON ``null``), never
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-__all__ = ["AnalysisResult", "jsonable", "layer_windows", "rate_dict"]
+__all__ = ["AnalysisResult", "block_windows", "jsonable", "layer_windows", "rate_dict"]
 
 
 def jsonable(value: Any) -> Any:
@@ -44,13 +45,25 @@ def rate_dict(rate) -> dict:
 
 
 def layer_windows(num_layers: int, window: int, first: int = 1) -> list[list[int]]:
-    """Consecutive windows of ``window`` layers covering ``first..num_layers`` (HF numbering, inclusive ends):
-    ``layer_windows(12, 5) == [[1, 5], [6, 10], [11, 12]]`` (the last window may be shorter)."""
+    """Consecutive windows of ``window`` HF layers (``hidden_states[k]``, what ``steer`` takes) covering
+    ``first..num_layers`` (inclusive ends): ``layer_windows(12, 5) == [[1, 5], [6, 10], [11, 12]]`` (the last
+    window may be shorter)."""
+    return _windows(first, num_layers, window, "num_layers")
+
+
+def block_windows(num_blocks: int, window: int) -> list[list[int]]:
+    """Consecutive windows of ``window`` decoder blocks (1..N, block k produces ``hidden_states[k]``; what
+    ``knockout`` and ``skip_layers`` take) covering every block (inclusive ends):
+    ``block_windows(12, 5) == [[1, 5], [6, 10], [11, 12]]`` (the last window may be shorter)."""
+    return _windows(1, num_blocks, window, "num_blocks")
+
+
+def _windows(first: int, last: int, window: int, name: str) -> list[list[int]]:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    if num_layers < first:
-        raise ValueError(f"num_layers={num_layers} leaves no layer from {first}")
-    return [[start, min(start + window - 1, num_layers)] for start in range(first, num_layers + 1, window)]
+    if last < first:
+        raise ValueError(f"{name}={last} leaves nothing from {first}")
+    return [[start, min(start + window - 1, last)] for start in range(first, last + 1, window)]
 
 
 class AnalysisResult:

@@ -23,8 +23,9 @@ from typing import Sequence
 import torch
 
 from tga_fast.analysis.results import AnalysisResult, mean_std
+from tga_fast.models.lens import logit_lens
 
-__all__ = ["SafetyLayersResult", "locate_safety_layers", "logit_lens", "safety_layers", "summarize_safety_layers"]
+__all__ = ["SafetyLayersResult", "locate_safety_layers", "safety_layers", "summarize_safety_layers"]
 
 
 def locate_safety_layers(
@@ -63,22 +64,6 @@ def locate_safety_layers(
     last = on_top.shape[0] - 1 - on_top.flip(0).int().argmax(dim=0)
     end = torch.where(on_top.any(dim=0), last, -1)
     return start.to(torch.int64), end.to(torch.int64)
-
-
-def logit_lens(parts, states: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
-    """fp32 ``[L, B, V]`` logits ``lm_head(final_norm(h))`` of last-position states ``[L, B, D]`` at HF ``layers``;
-    the final norm is not applied again at layer N (``hidden_states[N]`` already has it).
-
-    One LM-head matmul for all layers: the head's ``[V, D]`` weight (65 MB for a 32k x 512 fp32 head, 0.5 GB at
-    7B scale) is read once, not once per layer as a lens inside every layer's hook would read it.
-    """
-    layers = list(layers)
-    if states.dim() != 3 or states.shape[0] != len(layers):
-        raise ValueError(f"states must be [L={len(layers)}, B, D] for layers {layers}, got {tuple(states.shape)}")
-    # One norm call over every layer (the norm is per row), then layer N's rows taken as they came.
-    already_normed = torch.tensor([k == parts.num_layers for k in layers], device=states.device)
-    normed = torch.where(already_normed[:, None, None], states, parts.final_norm(states))
-    return parts.lm_head(normed).float()
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
+from tga_fast.models.processors import context_length, image_token_id_of
 from tga_fast.models.prompts import EncodedPrompts, Prompt, encode_prompts
 
 __all__ = [
@@ -59,20 +60,6 @@ def batch_to_model(batch, model) -> dict:
     return moved
 
 
-def image_token_id_of(model) -> int | None:
-    """The model's image token id (None for a text LLM), from its adapter, else from its config."""
-    try:
-        from tga_fast.models import resolve
-
-        return resolve(model).image_token_id
-    except ValueError:
-        config = getattr(model, "config", None)
-        for attr in ("image_token_id", "image_token_index"):
-            if getattr(config, attr, None) is not None:
-                return int(getattr(config, attr))
-        return None
-
-
 @contextlib.contextmanager
 def padded_left(processor):
     """The tokenizer pads on the left (generation appends at the right end of every row) and has a pad token
@@ -106,7 +93,8 @@ def prompt_batches(prompts: Sequence[Prompt], images: Sequence | None, batch_siz
 def encode_for_model(model, processor, prompts: Sequence[Prompt], images: Sequence | None) -> EncodedPrompts:
     """``encode_prompts`` with the model's image token, its batch moved to the model (device, dtype) and its
     spans and marks on the same device."""
-    encoded = encode_prompts(processor, prompts, images, image_token_id=image_token_id_of(model))
+    encoded = encode_prompts(processor, prompts, images, image_token_id=image_token_id_of(model),
+                             max_length=context_length(model, processor))
     device = model_device(model)
     return EncodedPrompts(
         batch=batch_to_model(encoded.batch, model),
@@ -140,7 +128,7 @@ def generate_responses(
         max_new_tokens: generation length.
         generation_kwargs: extra ``generate`` arguments; greedy (``do_sample=False``) unless they say otherwise.
         intervention: called with each batch's :class:`EncodedPrompts` (on the model's device); generation runs
-            inside the context manager it returns, e.g. ``lambda e: knockout(model, layers, e.marked)``.
+            inside the context manager it returns, e.g. ``lambda e: knockout(model, blocks, e.marked)``.
         progress: a tqdm bar over the prompts.
     """
     if batch_size < 1:

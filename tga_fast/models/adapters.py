@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Architecture", "ModelParts", "resolve", "supported_model_types"]
+__all__ = ["ARCHITECTURES", "Architecture", "ModelParts", "resolve", "supported_model_types", "text_config_of"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,15 @@ class ModelParts:
             raise ValueError(f"{name} {bad} out of range: this model has hidden_states[0..{self.num_layers}]")
         return layers
 
+    def check_blocks(self, blocks, name: str = "blocks") -> tuple[int, ...]:
+        """Validates decoder block numbers (1..num_layers: block k produces ``hidden_states[k]``, it is
+        ``decoder_layers[k - 1]``) and returns them as a tuple, in the order given."""
+        blocks = tuple(int(k) for k in blocks)
+        bad = [k for k in blocks if not 1 <= k <= self.num_layers]
+        if bad or not blocks:
+            raise ValueError(f"{name} {list(blocks)} must be decoder blocks 1..{self.num_layers}")
+        return blocks
+
 
 def _find(model: nn.Module, candidates: tuple[str, ...], part: str, model_type: str, required: bool):
     for path in candidates:
@@ -142,6 +150,7 @@ def resolve(model: nn.Module) -> ModelParts:
     )
 
 
-def hidden_of(output) -> torch.Tensor:
-    """The hidden states of a decoder layer's output: a tensor (transformers 5) or the first of a tuple (4.x)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
+def text_config_of(model: nn.Module):
+    """The config the language model's layers read (``config.text_config`` of a VLM, ``config`` of an LLM): where
+    the attention implementation of the decoder blocks is chosen."""
+    return getattr(model.config, "text_config", None) or model.config

@@ -23,11 +23,14 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from tga_fast.models.adapters import ModelParts, hidden_of, resolve
+from tga_fast.models.adapters import resolve
+from tga_fast.models.hooks import hidden_from_pre_hook, hidden_of, layer_hook_points
+from tga_fast.models.lens import logit_lens as lens_logits
+from tga_fast.models.lens import states_at
 from tga_fast.models.spans import Spans
 from tga_fast.ops import segment_cosine, segment_pool
 
-__all__ = ["Capture", "StopForward", "capture", "layer_hook_points"]
+__all__ = ["Capture", "StopForward", "capture"]
 
 
 class StopForward(Exception):
@@ -72,19 +75,6 @@ class Capture:
             return model(**inputs)
         except StopForward:
             return None
-
-
-def layer_hook_points(parts: ModelParts, layer: int) -> tuple[nn.Module, str]:
-    """Where ``hidden_states[layer]`` can be read: ``(module, "pre" | "post")``."""
-    if layer == 0:
-        return parts.decoder_layers[0], "pre"
-    if layer == parts.num_layers:
-        return parts.final_norm, "post"
-    return parts.decoder_layers[layer - 1], "post"
-
-
-def _hidden_from_pre(args, kwargs) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
 
 
 @contextlib.contextmanager
@@ -145,7 +135,8 @@ def capture(
         if logit_lens:
             in_lens.append(True)
             try:
-                result._logits[layer] = _lens(parts, hidden, lens_positions, normed=layer == parts.num_layers)
+                last = states_at(hidden, lens_positions)[None]  # [1, B, D]
+                result._logits[layer] = lens_logits(parts, last, [layer])[0]
             finally:
                 in_lens.clear()
 
@@ -161,7 +152,7 @@ def capture(
                 raise StopForward
 
         if kind == "pre":
-            return lambda module, args, kwargs: on_hidden(_hidden_from_pre(args, kwargs))
+            return lambda module, args, kwargs: on_hidden(hidden_from_pre_hook(args, kwargs))
         return lambda module, args, output: on_hidden(hidden_of(output))
 
     handles = []
@@ -180,14 +171,3 @@ def capture(
         for handle in handles:
             handle.remove()
 
-
-def _lens(parts: ModelParts, hidden: torch.Tensor, positions: torch.Tensor | None, normed: bool) -> torch.Tensor:
-    """fp32 ``[B, V]`` logits of the hidden state at ``positions`` (default: the last position)."""
-    if positions is None:
-        last = hidden[:, -1]
-    else:
-        index = positions.to(hidden.device).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        last = hidden.gather(1, index)[:, 0]
-    if not normed:
-        last = parts.final_norm(last)
-    return parts.lm_head(last).float()

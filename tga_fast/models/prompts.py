@@ -10,14 +10,19 @@ Spans are found by character ranges in the rendered prompt (never by token offse
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from tga_fast.errors import UserError
+from tga_fast.models.processors import context_length, is_processor, tokenizer_of
 from tga_fast.models.spans import Spans, encode_with_spans, locate_pieces
 
 __all__ = ["EncodedPrompts", "Prompt", "encode_prompts", "render_prompt", "special_tokens_kwargs", "user_content"]
+
+logger = logging.getLogger(__name__)
 
 RETRIEVED_PREFIX = "Retrieved Text: "
 PIECES = ("retrieved", "text", "question")  # span names, in prompt order; absent pieces get the empty span
@@ -54,10 +59,6 @@ class Prompt:
                 raise ValueError(f"mark {mark} is not a character range of the prompt's {name!r} field")
 
 
-def _is_processor(processor) -> bool:
-    return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
-
-
 def user_content(processor, prompt: Prompt):
     """The user message's content for ``prompt`` (its system prompt aside): a content list of text and image items
     (as LLaVA templates expect) for a processor, a plain string for a bare tokenizer (then an image is an error).
@@ -73,7 +74,7 @@ def user_content(processor, prompt: Prompt):
     if prompt.text is not None:
         items.append(("text", prompt.text + "\n"))
     items.append(("text", prompt.question))
-    if _is_processor(processor):
+    if is_processor(processor):
         return [{"type": "image"} if kind == "image" else {"type": "text", "text": text} for kind, text in items]
     if prompt.image:
         raise ValueError("Prompt.image is set but a bare tokenizer was given (pass the model's processor)")
@@ -87,7 +88,7 @@ def special_tokens_kwargs(processor, texts: Sequence[str]) -> dict:
     Mistral's do; a second BOS from the tokenizer would shift every position and change what the model sees),
     True otherwise (a template without BOS, as llava-1.5-hf's, leaves it to the tokenizer).
     """
-    bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+    bos = getattr(tokenizer_of(processor), "bos_token", None)
     return {"add_special_tokens": not (bos and texts and all(text.startswith(bos) for text in texts))}
 
 
@@ -146,6 +147,8 @@ def encode_prompts(
     images: Sequence | None = None,
     *,
     image_token_id: int | None = None,
+    max_length: int | None = None,
+    too_long: str = "warn",
     **encode_kwargs,
 ) -> EncodedPrompts:
     """Renders and tokenizes ``prompts`` (one image per prompt with ``image=True``, in order, in ``images``).
@@ -153,7 +156,15 @@ def encode_prompts(
     A batch mixes image and text-only prompts only if the processor allows it; ``image_token_id`` (from
     ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span. ``encode_kwargs`` go to the
     processor; ``add_special_tokens`` defaults to :func:`special_tokens_kwargs` (no second BOS).
+
+    Prompts are never truncated (a cut prompt would lose the question at its end). One longer than the model's
+    context (``max_length``: pass :func:`tga_fast.models.processors.context_length` of the model; default the
+    tokenizer's ``model_max_length`` when it is a real limit), image tokens included, still runs, as the model
+    allows it, but past the positions it was trained on: ``too_long="warn"`` (the default) logs one warning per
+    call naming how many prompts and the longest length, ``"error"`` raises a ``UserError`` instead.
     """
+    if too_long not in ("warn", "error"):
+        raise ValueError(f"too_long must be 'warn' or 'error', got {too_long!r}")
     if not prompts:
         raise ValueError("prompts is empty")
     needed = sum(p.image for p in prompts)
@@ -173,6 +184,8 @@ def encode_prompts(
         processor, texts, pieces, images=list(images) if needed else None, image_token_id=image_token_id,
         **encode_kwargs,
     )
+    _check_length(batch["attention_mask"], context_length(processor=processor) if max_length is None else max_length,
+                  too_long)
     mark_names = [f"mark{i}" for i in range(most_marks)]
     seq_len = batch["input_ids"].shape[1]
     if mark_names:
@@ -181,3 +194,21 @@ def encode_prompts(
         marked = torch.zeros(len(prompts), seq_len, dtype=torch.bool)
     keep = [n for n in spans.names if n not in mark_names]
     return EncodedPrompts(batch=batch, spans=spans.select(*keep), marked=marked, texts=texts)
+
+
+def _check_length(attention_mask: torch.Tensor, limit: int | None, too_long: str) -> None:
+    """Warns (or raises, ``too_long="error"``) when a prompt's real length (``attention_mask`` ``[B, T]``, padding
+    excluded) exceeds ``limit``."""
+    if limit is None:
+        return
+    lengths = attention_mask.sum(dim=1)
+    over = int((lengths > limit).sum())
+    if not over:
+        return
+    message = (
+        f"{over} of {len(lengths)} prompts are longer than the model's context of {limit} tokens (the longest has "
+        f"{int(lengths.max())}); the model reads positions it was not trained on"
+    )
+    if too_long == "error":
+        raise UserError(message)
+    logger.warning(message)

@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from tga_fast.models.processors import tokenizer_of
+
 __all__ = [
     "Spans",
     "char_ranges_to_token_spans",
@@ -214,7 +216,7 @@ def encode_with_spans(
     )
     offsets = batch.pop("offset_mapping")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     placeholder = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
 
     char_ranges = []

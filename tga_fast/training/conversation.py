@@ -23,6 +23,9 @@ from typing import Sequence
 
 import torch
 
+from tga_fast.models.processors import image_token_id_of
+from tga_fast.models.processors import is_processor as _is_processor
+from tga_fast.models.processors import tokenizer_of as _tokenizer
 from tga_fast.models.prompts import RETRIEVED_PREFIX, Prompt, render_prompt, special_tokens_kwargs, user_content
 from tga_fast.models.spans import encode_with_spans, locate_pieces
 
@@ -87,24 +90,6 @@ class EncodedSample:
     has_retrieved: bool
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _is_processor(processor) -> bool:
-    return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
-
-
-def _tokenizer(processor):
-    return getattr(processor, "tokenizer", processor)
-
-
-def image_token_id_of(processor) -> int | None:
-    """The image placeholder token id of a processor (None for a bare tokenizer)."""
-    if not _is_processor(processor):
-        return None
-    token_id = getattr(processor, "image_token_id", None)
-    if token_id is None and getattr(processor, "image_token", None):
-        token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    return token_id
 
 
 def end_of_turn_ids(processor) -> frozenset[int]:

@@ -1,0 +1,76 @@
+"""What tga_fast asks of a processor, a bare tokenizer or a model: one place for each question.
+
+A *processor* (``LlavaProcessor``...) carries a tokenizer and an image processor; a bare tokenizer (a text LLM's)
+carries neither. Every function here takes either, so callers never test ``hasattr`` themselves.
+"""
+
+from __future__ import annotations
+
+__all__ = ["context_length", "image_token_id_of", "is_processor", "tokenizer_of"]
+
+# Tokenizers without a known limit report a huge sentinel (transformers' VERY_LARGE_INTEGER, 1e30, or 1e18 in
+# some hub configs); no model reads contexts anywhere near this long.
+_SANE_CONTEXT = 10_000_000
+_IMAGE_TOKEN_ATTRS = ("image_token_id", "image_token_index")
+
+
+def is_processor(processor) -> bool:
+    """True for a multimodal processor (a tokenizer and an image processor), False for a bare tokenizer."""
+    return hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")
+
+
+def tokenizer_of(processor):
+    """The tokenizer of a processor, or the bare tokenizer itself."""
+    return getattr(processor, "tokenizer", processor)
+
+
+def image_token_id_of(source) -> int | None:
+    """The image placeholder token id of a model, a model config, or a processor; None for a text LLM, its config
+    or a bare tokenizer.
+
+    A model: from its adapter (:func:`tga_fast.models.resolve`), else from its config. A config: its
+    ``image_token_id`` (``image_token_index`` in older LLaVA configs). A processor: its ``image_token_id``, else its
+    ``image_token`` looked up in its tokenizer.
+    """
+    if is_processor(source):
+        token_id = getattr(source, "image_token_id", None)
+        if token_id is None and getattr(source, "image_token", None):
+            token_id = source.tokenizer.convert_tokens_to_ids(source.image_token)
+        return None if token_id is None else int(token_id)
+    config = getattr(source, "config", None)
+    if config is not None:  # a model
+        from tga_fast.models.adapters import resolve
+
+        try:
+            return resolve(source).image_token_id
+        except ValueError:  # a family without an adapter: its config may still say
+            return _config_image_token_id(config)
+    from transformers import PretrainedConfig
+
+    if isinstance(source, PretrainedConfig):
+        return _config_image_token_id(source)
+    return None  # a bare tokenizer: its text LLM has no image token
+
+
+def _config_image_token_id(config) -> int | None:
+    for attr in _IMAGE_TOKEN_ATTRS:
+        if getattr(config, attr, None) is not None:
+            return int(getattr(config, attr))
+    return None
+
+
+def context_length(model=None, processor=None) -> int | None:
+    """The longest sequence the model was built for: its (text) config's ``max_position_embeddings``, else the
+    tokenizer's ``model_max_length`` when that is a real limit (not the "no limit" sentinel); None when neither
+    says."""
+    if model is not None:
+        config = getattr(model, "config", model)
+        config = getattr(config, "text_config", None) or config
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    if processor is not None:
+        limit = getattr(tokenizer_of(processor), "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < _SANE_CONTEXT:
+            return limit
+    return None
