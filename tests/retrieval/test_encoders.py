@@ -105,3 +105,17 @@ def test_bfloat16_encoding_is_close_to_float32(tiny_clip, tmp_path):
 def test_image_encoder_needs_a_dual_encoder(minilm):
     with pytest.raises(ValueError, match="dual image-text encoder"):
         ImageEncoder(minilm)
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty folder", "hub id"])
+def test_encoders_read_local_folders_only(tmp_path, make):
+    path = {"missing": tmp_path / "nope", "file": tmp_path / "model.bin", "empty folder": tmp_path / "empty",
+            "hub id": "openai/clip-vit-base-patch32"}[make]
+    if make == "file":
+        path.write_text("{}")
+    if make == "empty folder":
+        path.mkdir()
+    for encoder in (TextEncoder, ImageEncoder):
+        with pytest.raises(FileNotFoundError, match="local folder") as error:
+            encoder(path, progress=False)
+        assert str(path) in str(error.value)
