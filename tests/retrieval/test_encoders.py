@@ -119,3 +119,15 @@ def test_encoders_read_local_folders_only(tmp_path, make):
         with pytest.raises(FileNotFoundError, match="local folder") as error:
             encoder(path, progress=False)
         assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_encoder_batch_sizes_must_be_positive(tiny_clip, value):
+    from tga_fast.errors import UserError
+
+    with pytest.raises(UserError, match="batch_size"):
+        TextEncoder(tiny_clip, batch_size=value, progress=False)
+    with pytest.raises(UserError, match="workers"):
+        ImageEncoder(tiny_clip, workers=value, progress=False)
+    with pytest.raises(UserError, match="batch_size"):
+        TextEncoder(tiny_clip, progress=False).encode(["a dog"], batch_size=value)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from tga_fast.errors import UserError
+from tga_fast.errors import UserError, require_positive
 
 # config.model_type of checkpoints whose model has get_text_features / get_image_features in a shared space.
 DUAL_ENCODER_TYPES = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "altclip", "metaclip_2"})
@@ -91,6 +91,7 @@ class TextEncoder:
                  progress: bool = True):
         from transformers import AutoTokenizer
 
+        require_positive(batch_size, "batch_size")
         self.path, self.device = str(path), resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config, self.model = _load_model(path, self.device, self.dtype)
@@ -126,7 +127,7 @@ class TextEncoder:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str")
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else require_positive(batch_size, "batch_size")
         if not texts:
             raise ValueError("texts is empty")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # longest first: little padding per batch
@@ -169,6 +170,8 @@ class ImageEncoder:
                  progress: bool = True):
         from transformers import AutoImageProcessor
 
+        require_positive(batch_size, "batch_size")
+        require_positive(workers, "workers")
         self.path, self.device = str(path), resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config, self.model = _load_model(path, self.device, self.dtype)
@@ -188,10 +191,10 @@ class ImageEncoder:
     def encode(self, images: Iterable, *, batch_size: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed ``images`` -> ``[N, d]`` float32, L2-normalised, CPU, in the input order."""
         images = list(images)
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else require_positive(batch_size, "batch_size")
         show = self.progress if progress is None else progress
         parts = []
-        with ThreadPoolExecutor(max(1, self.workers)) as pool, \
+        with ThreadPoolExecutor(self.workers) as pool, \
                 tqdm(total=len(images), desc="encode images", unit="image", disable=not show) as bar:
             batches = [images[s : s + size] for s in range(0, len(images), size)]
             pending = pool.submit(lambda b: list(map(load_image, b)), batches[0]) if batches else None
