@@ -105,3 +105,29 @@ def test_bfloat16_encoding_is_close_to_float32(tiny_clip, tmp_path):
 def test_image_encoder_needs_a_dual_encoder(minilm):
     with pytest.raises(ValueError, match="dual image-text encoder"):
         ImageEncoder(minilm)
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty folder", "hub id"])
+def test_encoders_read_local_folders_only(tmp_path, make):
+    path = {"missing": tmp_path / "nope", "file": tmp_path / "model.bin", "empty folder": tmp_path / "empty",
+            "hub id": "openai/clip-vit-base-patch32"}[make]
+    if make == "file":
+        path.write_text("{}")
+    if make == "empty folder":
+        path.mkdir()
+    for encoder in (TextEncoder, ImageEncoder):
+        with pytest.raises(FileNotFoundError, match="local folder") as error:
+            encoder(path, progress=False)
+        assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_encoder_batch_sizes_must_be_positive(tiny_clip, value):
+    from tga_fast.errors import UserError
+
+    with pytest.raises(UserError, match="batch_size"):
+        TextEncoder(tiny_clip, batch_size=value, progress=False)
+    with pytest.raises(UserError, match="workers"):
+        ImageEncoder(tiny_clip, workers=value, progress=False)
+    with pytest.raises(UserError, match="batch_size"):
+        TextEncoder(tiny_clip, progress=False).encode(["a dog"], batch_size=value)

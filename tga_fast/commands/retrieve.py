@@ -20,7 +20,9 @@ def add_retrieve(commands) -> None:
     retrieve = commands.add_parser(
         "retrieve", help="write `retrieved` (top-k corpus text per image, self-match rule) into LLaVA data",
         description="Embed a caption corpus (+ toxic texts), embed each record's image, retrieve top-k and write "
-        "the records back with `retrieved`, resumably (rerun the same command after an interruption).",
+        "the records back with `retrieved`, resumably (rerun the same command after an interruption). Bad records "
+        "(unreadable lines, bad or missing images) are kept with `retrieval_error`, so output line i is input "
+        "record i.",
     )
     add = retrieve.add_argument
     add("--data", required=True, help="LLaVA-format .json or .jsonl")
@@ -45,5 +47,6 @@ def add_retrieve(commands) -> None:
     add("--dtype", default=None, help="float32, float16, bfloat16 (default: float16 on GPU, float32 on CPU)")
     add("--workers", type=int, default=4, help="image-decoding threads")
     add("--no-progress", dest="no_progress", action="store_true")
-    add("--overwrite", action="store_true", help="start again instead of resuming")
+    add("--overwrite", action="store_true",
+        help="start again instead of resuming, replacing an existing --out (never replaced without it)")
     retrieve.set_defaults(run=_retrieve)

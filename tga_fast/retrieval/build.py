@@ -10,9 +10,16 @@ Fields added to a record with a query (image, or caption with ``query="caption"`
 ``retrieved`` (str), ``retrieved_score`` (float), ``retrieved_id`` (corpus id, ``"<corpus stem>:<id>"``),
 ``retrieved_toxic`` (bool: it came from the toxic corpus), ``retrieved_self_match`` ("half"/"next", only when the
 rule changed the text), and with ``top_k > 1`` ``retrieved_topk`` (``[{"id", "text", "score"}]``, raw ranking).
-A record without a query (text-only samples) is written unchanged. A bad record (image missing or unreadable,
-not an object, invalid JSON line) is written without ``retrieved`` but with ``retrieval_error`` and logged with
-its id and line: the run never stops for one record, and no record is dropped.
+A record without a query (text-only samples) is written unchanged. A bad record is written without
+``retrieved`` but with ``retrieval_error`` (the reason), counted in ``errors`` and logged once with its id and
+line: an image missing, unreadable, outside ``image_folder`` or not a path (``"image": 5``); a value that is not
+an object (written as ``{"raw": value, ...}``); a line that is not UTF-8 or not JSON (written as
+``{"retrieval_error": "line N: ..."}``). Bad records are passed through, never dropped, so output line i is input
+record i (blank lines aside): the output stays aligned with the input, and an interrupted run resumes by count.
+
+Files: the data and corpora are read with :func:`tga_fast.files.read_json_records` (bytes, per-line decoding, a
+UTF-8 BOM ignored). An existing output is replaced only with ``overwrite=True`` (``--overwrite``); a ``.json``
+output is written atomically at the end. See :mod:`tga_fast.retrieval.resumable` for what is refused on resume.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
+from tga_fast.errors import UserError, require_positive
+from tga_fast.files import atomic_write, read_json_records, resolve_inside, write_json
 from tga_fast.retrieval.corpus import dedupe, fingerprint, read_corpus
 from tga_fast.retrieval.index import Index
-from tga_fast.retrieval.resumable import ResumableJsonl, write_json_atomic
+from tga_fast.retrieval.resumable import ResumableJsonl
 from tga_fast.retrieval.self_match import choose
 
 log = logging.getLogger(__name__)
@@ -67,34 +76,45 @@ class RetrieveConfig:
     progress: bool = True
     overwrite: bool = False
 
-
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str | None]]:
-    """``(line or item number, record, error)`` for each record of a LLaVA .json (list) or .jsonl file."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        if path.suffix.lower() == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: a .json dataset must be a list of records")
-            for number, record in enumerate(data, start=1):
-                yield number, record, None
-            return
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as error:
-                yield number, {"raw": line.rstrip("\n")}, f"invalid JSON: {error}"
+    def __post_init__(self):
+        # Checked here, not at the first batch: a library caller gets the error before any work, the CLI exit 2.
+        for name in ("batch_size", "encoder_batch_size", "top_k", "workers"):
+            require_positive(getattr(self, name), f"{name} (--{name.replace('_', '-')})")
+        for name, allowed in (("query", ("image", "caption")), ("self_match", ("half", "next", "keep")),
+                              ("index_kind", ("flat", "ivf")), ("backend", ("auto", "faiss", "torch"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} (--{name.replace('_', '-')}) must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
 
 
-def _image_path(record: dict, folder: Path) -> Path | None:
+def _records(path: str | os.PathLike) -> Iterator[tuple[str, dict, str | None]]:
+    """``(where, record, error)`` per record of a LLaVA .json (list) or .jsonl file; a line that cannot be read or
+    a value that is not an object becomes a placeholder record with ``error`` set (see the module docstring)."""
+    for line in read_json_records(path):
+        if not line.ok:
+            yield line.where, {}, line.error
+        elif not isinstance(line.value, dict):
+            yield line.where, {"raw": line.value}, f"a record must be a JSON object, got {type(line.value).__name__}"
+        else:
+            yield line.where, line.value, None
+
+
+def _image_path(record: dict, folder: Path) -> tuple[Path | None, str | None]:
+    """``(path, error)`` of the record's query image: ``(None, None)`` without one (text-only), an error for a
+    value that is not a path or a path that leaves ``folder``."""
     image = record.get("image")
     if isinstance(image, list):  # multi-image records: the first image is the query
+        if image and not isinstance(image[0], str):
+            return None, f"image must be a path or a list of paths, got a list of {type(image[0]).__name__}"
         image = image[0] if image else None
-    if not image:
-        return None
-    return folder / image
+    if image is None or image == "":
+        return None, None
+    if not isinstance(image, str):
+        return None, f"image must be a path or a list of paths, got {type(image).__name__}"
+    try:
+        return resolve_inside(folder, image, what="image path"), None
+    except ValueError as error:  # ../../x or an absolute path elsewhere: never read files outside the folder
+        return None, str(error)
 
 
 def _load(path: Path):
@@ -109,13 +129,20 @@ def _load(path: Path):
 
 
 def _build_or_load_index(config: RetrieveConfig, text_encoder_path: str, text_encoder=None) -> Index:
+    """The corpus index of ``index_dir``, reused when it was built from the same corpora and encoder, else built.
+    ``text_encoder``: an encoder already loaded, or a callable returning one (loaded only when the index must be
+    built, after the corpora were read, so a bad corpus line is reported before any model is loaded)."""
     index_dir = Path(config.index_dir or f"{config.out}.index")
     source = {"corpus": fingerprint(config.corpus), "toxic_corpus": fingerprint(config.toxic_corpus)
               if config.toxic_corpus else None, "text_encoder": str(Path(text_encoder_path).resolve()),
               "text_field": config.text_field, "kind": config.index_kind}
     source_path = index_dir / "source.json"
     if (index_dir / "index.json").exists() and source_path.exists():
-        if json.loads(source_path.read_text()) == source:
+        try:
+            recorded = json.loads(source_path.read_text(encoding="utf-8"))
+        except ValueError:  # a damaged cache is rebuilt, not trusted
+            recorded = None
+        if recorded == source:
             log.info("reusing the corpus index in %s", index_dir)
             return Index.load(index_dir, config.backend, **({"device": config.device} if config.device else {}))
         log.warning("%s was built from other corpora or encoder: rebuilding it", index_dir)
@@ -126,6 +153,8 @@ def _build_or_load_index(config: RetrieveConfig, text_encoder_path: str, text_en
     count = len(texts)
     texts, ids = dedupe(texts, ids)
     log.info("corpus: %d texts (%d duplicates removed)", len(texts), count - len(texts))
+    if callable(text_encoder):
+        text_encoder = text_encoder()
     if text_encoder is None:
         from tga_fast.retrieval.encoders import TextEncoder
 
@@ -134,7 +163,7 @@ def _build_or_load_index(config: RetrieveConfig, text_encoder_path: str, text_en
     index = Index.build(embeddings, config.backend, kind=config.index_kind, texts=texts, ids=ids,
                         **({"device": config.device} if config.device else {}))
     index.save(index_dir)
-    write_json_atomic(source_path, source)
+    write_json(source_path, source)
     return index
 
 
@@ -161,20 +190,39 @@ def _annotate(record: dict, scores: list[float], ids: list[int], index: Index, c
     counts["retrieved_toxic"] += int(record["retrieved_toxic"])
 
 
+def _check_inputs(config: RetrieveConfig, text_encoder_path: str) -> None:
+    """Every input named by the options exists, before any fingerprint, model or output is touched: a missing
+    file is one line naming the option and the file, not a traceback from deep inside."""
+    from tga_fast.retrieval.encoders import check_model_folder, resolve_device, resolve_dtype
+
+    for flag, path in (("--data", config.data), ("--corpus", config.corpus), ("--toxic-corpus", config.toxic_corpus)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} does not exist or is not a file")
+    if config.query == "image":
+        if not Path(config.image_folder).is_dir():
+            raise FileNotFoundError(f"--image-folder {config.image_folder} does not exist or is not a folder")
+        check_model_folder(config.image_encoder, "--image-encoder")
+    check_model_folder(text_encoder_path, "--text-encoder" if config.text_encoder else "--image-encoder")
+    resolve_dtype(config.dtype, resolve_device(config.device))
+
+
 def retrieve(config: RetrieveConfig) -> dict:
     """Run the builder; returns the counts (also kept in ``<out>.progress.json``). Resumes an interrupted run of
-    the same inputs and options; a finished one returns at once."""
-    if config.query not in ("image", "caption"):
-        raise ValueError(f"query must be 'image' or 'caption', got {config.query!r}")
+    the same inputs and options; a finished one returns at once.
+
+    Raises:
+        UserError / FileNotFoundError: a bad option, a missing input or encoder folder, an output that exists
+            without ``overwrite``, or a progress sidecar whose output is gone or damaged (each names the file and
+            the fix).
+    """
     if config.query == "image" and not config.image_encoder:
-        raise ValueError("query='image' needs image_encoder (a local CLIP/SigLIP folder)")
+        raise UserError("--query image needs --image-encoder (a local CLIP/SigLIP folder)")
     text_encoder_path = config.text_encoder or config.image_encoder
     if not text_encoder_path:
-        raise ValueError("query='caption' needs text_encoder")
+        raise UserError("--query caption needs --text-encoder (a local folder)")
+    _check_inputs(config, text_encoder_path)
     if config.query == "image" and config.text_encoder and config.text_encoder != config.image_encoder:
         log.warning("text_encoder differs from image_encoder: the two must embed into the same space")
-    if config.top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {config.top_k}")
     out = Path(config.out)
     work_path = out if out.suffix.lower() != ".json" else out.with_name(out.name + ".partial.jsonl")
     options = {k: v for k, v in asdict(config).items()
@@ -184,7 +232,7 @@ def retrieve(config: RetrieveConfig) -> dict:
                     "image_encoder": config.image_encoder, "text_encoder": text_encoder_path, **options}
     counts = {"records": 0, "retrieved": 0, "no_query": 0, "errors": 0, "self_match_half": 0, "self_match_next": 0,
               "retrieved_toxic": 0}
-    writer = ResumableJsonl(work_path, fingerprint_, overwrite=config.overwrite)
+    writer = ResumableJsonl(work_path, fingerprint_, overwrite=config.overwrite, target=out)
     if writer.complete:
         if work_path != out and work_path.exists():
             _jsonl_to_json(work_path, out)
@@ -201,13 +249,20 @@ def retrieve(config: RetrieveConfig) -> dict:
         else:
             from tga_fast.retrieval.encoders import TextEncoder
 
-            encoder = TextEncoder(text_encoder_path, device=config.device, dtype=config.dtype,
-                                  batch_size=config.encoder_batch_size, progress=False)
-            index = _build_or_load_index(config, text_encoder_path, encoder)
+            loaded = []
+
+            def text_encoder():  # one encoder for the corpus and the captions, loaded once
+                if not loaded:
+                    loaded.append(TextEncoder(text_encoder_path, device=config.device, dtype=config.dtype,
+                                              batch_size=config.encoder_batch_size, progress=False))
+                return loaded[0]
+
+            index = _build_or_load_index(config, text_encoder_path, text_encoder)
+            encoder = text_encoder()
         k_search = min(index.ntotal, config.top_k + (NEXT_MARGIN if config.self_match == "next" else 0))
         folder = Path(config.image_folder)
-        records = (item for position, item in enumerate(iter_records(config.data)) if position >= writer.done)
-        with ThreadPoolExecutor(max(1, config.workers)) as pool, \
+        records = (item for position, item in enumerate(_records(config.data)) if position >= writer.done)
+        with ThreadPoolExecutor(config.workers) as pool, \
                 tqdm(desc="retrieve", unit="record", initial=writer.done, disable=not config.progress) as bar:
             pending = _next_batch(records, config, folder, pool)
             while pending:
@@ -224,21 +279,19 @@ def retrieve(config: RetrieveConfig) -> dict:
 
 
 def _next_batch(records, config: RetrieveConfig, folder: Path, pool) -> list:
-    """Up to ``batch_size`` of ``(number, record, error, query)``, where query is a future of (image, error), a
+    """Up to ``batch_size`` of ``(where, record, error, query)``, where query is a future of (image, error), a
     caption string, or None (no query)."""
     batch = []
-    for number, record, error in records:
+    for where, record, error in records:
         query = None
-        if error is None and not isinstance(record, dict):
-            record, error = {"raw": record}, f"a record must be a JSON object, got {type(record).__name__}"
         if error is None:
             if config.query == "image":
-                path = _image_path(record, folder)
+                path, error = _image_path(record, folder)
                 query = pool.submit(_load, path) if path is not None else None
             else:
                 caption = record.get(config.caption_field)
                 query = caption if isinstance(caption, str) and caption.strip() else None
-        batch.append((number, record, error, query))
+        batch.append((where, record, error, query))
         if len(batch) == config.batch_size:
             break
     return batch
@@ -246,14 +299,15 @@ def _next_batch(records, config: RetrieveConfig, folder: Path, pool) -> list:
 
 def _process(batch: list, encoder, index: Index, k_search: int, config: RetrieveConfig, counts: dict) -> None:
     rows, inputs = [], []
-    for position, (number, record, error, query) in enumerate(batch):
+    for position, (where, record, error, query) in enumerate(batch):
         counts["records"] += 1
         if query is not None and config.query == "image":
             query, error = query.result()
         if error is not None:
-            record["retrieval_error"] = error
+            # A record without an id is found again by its line: the placeholder of an unreadable line has none.
+            record["retrieval_error"] = error if "id" in record else f"{where}: {error}"
             counts["errors"] += 1
-            log.warning("record %s (line %d): %s", record.get("id", "?"), number, error)
+            log.warning("%s, %s (record %s): %s", config.data, where, record.get("id", "?"), error)
         elif query is None:
             counts["no_query"] += 1
         else:
@@ -268,14 +322,11 @@ def _process(batch: list, encoder, index: Index, k_search: int, config: Retrieve
 
 
 def _jsonl_to_json(source: Path, target: Path) -> None:
-    """Stream a JSONL file into a JSON list (atomically), then remove the JSONL."""
-    tmp = target.with_name(target.name + ".tmp")
-    with open(source, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+    """Stream a JSONL file into a JSON list (atomically: the old target or the whole new one), then remove the
+    JSONL. Replacing ``target`` was settled when the run started (``ResumableJsonl`` refuses a foreign one)."""
+    with open(source, encoding="utf-8") as src, atomic_write(target, "w", overwrite=True) as dst:
         dst.write("[")
         for i, line in enumerate(src):
             dst.write(("," if i else "") + "\n" + line.rstrip("\n"))
         dst.write("\n]\n")
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, target)
     source.unlink()

@@ -4,26 +4,37 @@ with a text field and an optional id field), and removing duplicate texts (they 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterator
 
+from tga_fast.errors import UserError
+from tga_fast.files import read_json_records
 
-def _items(path: Path) -> Iterator[tuple[int, object]]:
-    suffix = path.suffix.lower()
-    with open(path, encoding="utf-8") as f:
-        if suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: a .json corpus must be a list of strings or objects")
-            yield from enumerate(data, start=1)
-            return
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            yield line_no, (json.loads(line) if suffix == ".jsonl" else line)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _items(path: Path) -> Iterator[tuple[str, object]]:
+    """``(where, item)`` per text of the corpus: JSON through the one record reader, other files as UTF-8 lines.
+    A line that cannot be read is a :class:`UserError` naming the file and line: a corpus is curated input, and
+    a text silently missing from it would change what every record retrieves."""
+    if path.suffix.lower() in (".json", ".jsonl"):
+        for record in read_json_records(path):
+            if not record.ok:
+                raise UserError(f"{path}, {record.where}: {record.error}: fix or remove it")
+            yield record.where, record.value
+        return
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise UserError(f"{path}, line {number}: not UTF-8 (byte {error.start + 1} of the line): fix or "
+                                "remove it") from None
+            if line.strip():
+                yield f"line {number}", line
 
 
 def read_corpus(path: str | os.PathLike, *, text_field: str = "text", id_field: str = "id",
@@ -33,18 +44,19 @@ def read_corpus(path: str | os.PathLike, *, text_field: str = "text", id_field: 
     path = Path(path)
     prefix = path.stem if prefix is None else prefix
     texts, ids = [], []
-    for number, item in _items(path):
+    for where, item in _items(path):
+        number = where.split()[-1]
         if isinstance(item, dict):
             text = item.get(text_field, item.get("caption"))
             key = item.get(id_field, number)
         else:
             text, key = item, number
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{path}, item {number}: no text (expected a string or an object with {text_field!r})")
+            raise UserError(f"{path}, {where}: no text (expected a string or an object with {text_field!r})")
         texts.append(text.strip())
         ids.append(f"{prefix}:{key}")
     if not texts:
-        raise ValueError(f"{path} holds no texts")
+        raise UserError(f"{path} holds no texts")
     return texts, ids
 
 

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from tga_fast.errors import UserError, require_positive
+
 # config.model_type of checkpoints whose model has get_text_features / get_image_features in a shared space.
 DUAL_ENCODER_TYPES = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "altclip", "metaclip_2"})
 # Dual encoders trained on fixed-length padded text (SigLIP): pad to max_length as at training.
@@ -25,9 +27,13 @@ PAD_TO_MAX_LENGTH_TYPES = frozenset({"siglip", "siglip2"})
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": a GPU when present, else the CPU; a string torch cannot parse is a :class:`UserError`."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...): {error}") from None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -37,7 +43,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str):
         value = getattr(torch, dtype, None)
         if not isinstance(value, torch.dtype) or not value.is_floating_point:
-            raise ValueError(f"dtype {dtype!r} is not a torch floating dtype")
+            raise UserError(f"dtype {dtype!r} is not a torch floating dtype (float32, float16, bfloat16)")
         return value
     return dtype
 
@@ -47,11 +53,24 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def check_model_folder(path: str | os.PathLike, what: str = "encoder") -> Path:
+    """``path`` as a Path if it is a local checkpoint folder (a directory holding ``config.json``), else a
+    ``FileNotFoundError`` naming it and ``what``. Encoders never reach the Hub: a Hub id is not a folder here."""
+    folder = Path(path)
+    if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"{what} {folder} {state}: encoders load from a local folder only (save or "
+                                "download the checkpoint there first)")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{what} {folder} has no config.json: not a saved checkpoint (encoders load from "
+                                "a local folder only)")
+    return folder
+
+
 def _load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModel
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"encoder path {path} does not exist (encoders load from local folders only)")
+    check_model_folder(path)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
     return config, model.to(device).eval()
@@ -72,6 +91,7 @@ class TextEncoder:
                  progress: bool = True):
         from transformers import AutoTokenizer
 
+        require_positive(batch_size, "batch_size")
         self.path, self.device = str(path), resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config, self.model = _load_model(path, self.device, self.dtype)
@@ -107,7 +127,7 @@ class TextEncoder:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str")
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else require_positive(batch_size, "batch_size")
         if not texts:
             raise ValueError("texts is empty")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # longest first: little padding per batch
@@ -150,6 +170,8 @@ class ImageEncoder:
                  progress: bool = True):
         from transformers import AutoImageProcessor
 
+        require_positive(batch_size, "batch_size")
+        require_positive(workers, "workers")
         self.path, self.device = str(path), resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config, self.model = _load_model(path, self.device, self.dtype)
@@ -169,10 +191,10 @@ class ImageEncoder:
     def encode(self, images: Iterable, *, batch_size: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed ``images`` -> ``[N, d]`` float32, L2-normalised, CPU, in the input order."""
         images = list(images)
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else require_positive(batch_size, "batch_size")
         show = self.progress if progress is None else progress
         parts = []
-        with ThreadPoolExecutor(max(1, self.workers)) as pool, \
+        with ThreadPoolExecutor(self.workers) as pool, \
                 tqdm(total=len(images), desc="encode images", unit="image", disable=not show) as bar:
             batches = [images[s : s + size] for s in range(0, len(images), size)]
             pending = pool.submit(lambda b: list(map(load_image, b)), batches[0]) if batches else None

@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+from tga_fast.files import atomic_write, write_json
 from tga_fast.retrieval import faiss_backend
 from tga_fast.retrieval.brute_force import brute_force_search, canonical_order
 from tga_fast.retrieval.cpu_choice import MeasuredChoice, static_choice
@@ -303,14 +304,12 @@ class Index:
             faiss.write_index(self._cpu_faiss_index(), str(tmp))
             os.replace(tmp, directory / "index.faiss")
         if self.texts is not None or self.ids is not None:
-            tmp = directory / "corpus.jsonl.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_write(directory / "corpus.jsonl", "w") as f:
                 for row in range(self.ntotal):
                     record = {"id": self.ids[row] if self.ids is not None else None,
                               "text": self.texts[row] if self.texts is not None else None}
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            os.replace(tmp, directory / "corpus.jsonl")
-        _write_json_atomic(directory / "index.json", meta)
+        write_json(directory / "index.json", meta)
         return directory
 
     @classmethod
@@ -367,11 +366,3 @@ def _check_rows(values: Sequence | None, name: str, n: int) -> list | None:
         raise ValueError(f"{name} has {len(values)} entries but embeddings has {n} rows")
     return values
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
