@@ -61,3 +61,51 @@ def test_4bit_keeps_vision_projector_and_head(llava_dir):
     assert quantized and all(".language_model.layers." in name for name in quantized)
     assert type(model.lm_head) is torch.nn.Linear
     assert all(type(m).__name__ != "Linear4bit" for m in model.model.vision_tower.modules())
+
+
+def test_missing_folder_never_reaches_the_hub(tmp_path, monkeypatch):
+    """A folder that does not exist is a FileNotFoundError saying so, even when it looks like a Hub id (it used to
+    reach the Hub client: HFValidationError "Repo id ..."); nothing asks the Hub."""
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"llava-hf/llava-1.5-7b-hf does not exist.*hub:llava-hf/llava-1.5-7b-hf"):
+        load_model("llava-hf/llava-1.5-7b-hf", device="cpu")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "/abs/../no such folder", device="cpu")
+
+
+def test_hub_only_when_asked_and_reachable(monkeypatch):
+    from tga_fast.errors import UserError
+    from tga_fast.models.loading import resolve_model_source
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert resolve_model_source("hub:llava-hf/llava-1.5-7b-hf") == ("llava-hf/llava-1.5-7b-hf", True)
+    with pytest.raises(UserError, match="hub:<org>/<name>"):
+        resolve_model_source("hub:../../etc")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        load_model("hub:llava-hf/llava-1.5-7b-hf", device="cpu")
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_remote_code_only_when_asked_and_local_files_only(llava_dir, monkeypatch, trust):
+    """Every from_pretrained call of a local folder gets local_files_only=True and trust_remote_code only when the
+    user asked (training used to pass its own default to every call)."""
+    import transformers
+
+    seen = []
+    original = transformers.AutoConfig.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", classmethod(spy))
+    load_model(llava_dir, device="cpu", trust_remote_code=trust)
+    assert seen and all(k.get("local_files_only") is True and k.get("trust_remote_code", False) is trust for k in seen)

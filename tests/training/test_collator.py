@@ -18,7 +18,7 @@ from tga_fast.training.data import DroppedSample, TGADataset
 
 KEYS = {
     "input_ids", "attention_mask", "labels", "pixel_values", "teacher_input_ids", "teacher_attention_mask",
-    "student_spans", "teacher_spans", "align", "has_retrieved",
+    "student_spans", "teacher_spans", "align", "has_retrieved", "hinge_mask",
 }
 
 
@@ -94,6 +94,7 @@ def test_spans_labels_and_padding_match_the_tokens(family, data, padding_side):
         else:
             assert (i0, i1) == (0, 0) and not is_image.any()
         assert bool(batch["has_retrieved"][b]) == (record.retrieved is not None)
+        assert bool(batch["hinge_mask"][b]) == (record.retrieved is not None and record.hinge)
         assert tokenizer.decode(ids[r0:r1]).strip() == (record.retrieved or "")
         labels = batch["labels"][b]
         assert bool((labels[~mask] == -100).all())

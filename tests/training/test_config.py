@@ -33,7 +33,7 @@ def test_target_layers_default_and_depth():
     assert default_target_layers(4) == [1, 2]  # 1.25 -> 1, 2.25 -> 2
     assert resolve_target_layers(TGAConfig(), 32) == list(range(10, 19))
     assert resolve_target_layers(TGAConfig(target_layers=[3, 4]), 4) == [3, 4]
-    with pytest.raises(ValueError, match=r"TGAConfig\.target_layers \[5\] out of range.*1\.\.4"):
+    with pytest.raises(ValueError, match=r"TGAConfig\.target_layers \[5\] out of range.*0\.\.4"):
         resolve_target_layers(TGAConfig(target_layers=[3, 5]), 4)
 
 
@@ -44,7 +44,7 @@ def test_target_layers_default_and_depth():
         (lambda: TGAConfig(hinge_power=-2), "TGAConfig.hinge_power"),
         (lambda: TGAConfig(lm_loss_weight=-1), "TGAConfig.lm_loss_weight"),
         (lambda: TGAConfig(target_layers=[]), "TGAConfig.target_layers"),
-        (lambda: TGAConfig(target_layers=[0, 1]), "TGAConfig.target_layers"),
+        (lambda: TGAConfig(target_layers=[-1, 1]), "TGAConfig.target_layers"),
         (lambda: TGAConfig(target_layers=[2, 2]), "TGAConfig.target_layers"),
         (lambda: TGAConfig(teacher_template="plain"), "TGAConfig.teacher_template"),
         (lambda: ModelConfig(dtype="float8"), "ModelConfig.dtype"),
@@ -56,6 +56,11 @@ def test_target_layers_default_and_depth():
         (lambda: DataConfig(max_length=0), "DataConfig.max_length"),
         (lambda: DataConfig().require_data(), "DataConfig.data_path"),
         (lambda: DataConfig(data_path="/no/such.jsonl").require_data(), "DataConfig.data_path"),
+        (lambda: DataConfig(text_replay_ratio=0.2), "DataConfig.text_replay_ratio"),
+        (lambda: DataConfig(text_replay_path="t.jsonl", text_replay_ratio=1.0), "DataConfig.text_replay_ratio"),
+        (lambda: DataConfig(data_path=__file__, image_folder="/no/such/folder").require_data(), "DataConfig.image_folder"),
+        (lambda: DataConfig(data_path=__file__, text_replay_path="/no/such.jsonl").require_data(),
+         "DataConfig.text_replay_path"),
         (lambda: TrainConfig(output_dir="o", remove_unused_columns=True), "TrainConfig.remove_unused_columns"),
         (
             lambda: TrainConfig(output_dir="o", activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True}),

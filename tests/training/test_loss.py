@@ -170,3 +170,21 @@ def test_excluded_samples_never_reach_the_loss_or_its_gradient():
     assert terms.hinge.item() == pytest.approx(expected_hinge, rel=1e-6)
     assert torch.isfinite(image_cos.grad).all() and torch.isfinite(retrieved_cos.grad).all()
     assert image_cos.grad[0, 1] == 0 and retrieved_cos.grad[0, 1:].eq(0).all()
+
+
+@pytest.mark.parametrize("layers, batch", [(0, 3), (2, 0), (0, 0)])
+def test_empty_batch_or_no_layer_gives_zero(layers, batch):
+    """B = 0 or |L| = 0: zero terms (not a ZeroDivisionError / IndexError / NaN), differentiable, host-sync free."""
+    image_cos = torch.rand(layers, batch, requires_grad=True)
+    retrieved_cos = torch.rand(layers, batch, requires_grad=True)
+    toxic = torch.zeros(batch, dtype=torch.bool)
+    terms = tga_alignment_loss(image_cos, retrieved_cos, progress=0.5, toxic=toxic, hinge_mask=~toxic)
+    assert terms.pair.item() == 0 and terms.hinge.item() == 0
+    terms.total.backward()
+    assert image_cos.grad.shape == (layers, batch)
+    hidden = [torch.randn(batch, 6, 4) for _ in range(layers)]
+    spans = torch.tensor([[[0, 2], [2, 4]]] * batch, dtype=torch.int64).view(batch, 2, 2)
+    terms = tga_alignment_loss(hidden=hidden, spans=spans, targets=torch.randn(layers, batch, 4), progress=0.0)
+    assert terms.total.item() == 0 and terms.image_cos.shape == (layers, batch)
+    compiled = torch.compile(lambda c, r: tga_alignment_loss(c, r, progress=0.5).total, fullgraph=True, backend="eager")
+    assert compiled(image_cos.detach(), retrieved_cos.detach()).item() == 0

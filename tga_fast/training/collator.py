@@ -12,6 +12,7 @@ Output of ``TGACollator(processor)(items)`` (tensors only, so ``Trainer._prepare
     teacher_spans                       int64 [B, 1, 2]  the caption span
     align                               bool [B]         image, caption and not toxic: the alignment terms apply
     has_retrieved                       bool [B]
+    hinge_mask                          bool [B]         has_retrieved and the record did not opt out ("hinge": false)
 
 Padding goes on the tokenizer's ``padding_side``; spans are shifted with the tokens they point at.
 """
@@ -95,6 +96,7 @@ class TGACollator:
         batch["teacher_spans"] = _shift(torch.stack([s.teacher_spans for s in samples]), teacher_shifts)
         batch["align"] = torch.tensor([s.align for s in samples], dtype=torch.bool)
         batch["has_retrieved"] = torch.tensor([s.has_retrieved for s in samples], dtype=torch.bool)
+        batch["hinge_mask"] = torch.tensor([s.has_retrieved and s.hinge for s in samples], dtype=torch.bool)
         return batch
 
     def _pad(self, rows: list[torch.Tensor], value: int, side: str):

@@ -21,6 +21,8 @@ from typing import Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from tga_fast.errors import UserError
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -41,7 +43,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _fail(owner: str, name: str, message: str) -> None:
-    raise ValueError(f"{owner}.{name} {message}")
+    raise UserError(f"{owner}.{name} {message}")
 
 
 @dataclass
@@ -103,10 +105,25 @@ class DataConfig:
     use_retrieved: bool = field(
         default=True, metadata={"help": "put 'Retrieved Text: ...' before the image (False: no retrieved text, no hinge)"}
     )
+    text_replay_path: str | None = field(
+        default=None,
+        metadata={"help": "LLaVA-format .json/.jsonl of text-only records (no 'image') mixed into training: LM loss "
+                  "only, e.g. the LLM's own instruction data or text safety samples"},
+    )
+    text_replay_ratio: float | None = field(
+        default=None,
+        metadata={"help": "share of text-replay samples among an epoch's samples, in [0, 1) (drawn from the file with "
+                  "the seed, repeated if it is short); unset: every record of text_replay_path once"},
+    )
 
     def __post_init__(self):
         if self.max_length < 1:
             _fail("DataConfig", "max_length", f"must be >= 1, got {self.max_length}")
+        if self.text_replay_ratio is not None:
+            if not isinstance(self.text_replay_ratio, (int, float)) or not 0 <= self.text_replay_ratio < 1:
+                _fail("DataConfig", "text_replay_ratio", f"must be a share in [0, 1), got {self.text_replay_ratio!r}")
+            if not self.text_replay_path:
+                _fail("DataConfig", "text_replay_ratio", "needs text_replay_path (the text-only records to mix in)")
 
     def require_data(self) -> str:
         """The data file; ``ValueError`` naming the field when it is not set or not a file."""
@@ -114,6 +131,10 @@ class DataConfig:
             _fail("DataConfig", "data_path", "is required (a LLaVA-format .json or .jsonl file)")
         if not Path(self.data_path).is_file():
             _fail("DataConfig", "data_path", f"is not a file: {self.data_path}")
+        if self.image_folder is not None and not Path(self.image_folder).is_dir():
+            _fail("DataConfig", "image_folder", f"is not a folder: {self.image_folder}")
+        if self.text_replay_path is not None and not Path(self.text_replay_path).is_file():
+            _fail("DataConfig", "text_replay_path", f"is not a file: {self.text_replay_path}")
         return self.data_path
 
 
@@ -125,7 +146,8 @@ class TGAConfig:
     target_layers: list[int] | None = field(
         default=None,
         metadata={
-            "help": "HF layer numbers (hidden_states[k]); default 10..18 for 32-layer models, scaled to other depths"
+            "help": "HF layer numbers (hidden_states[k]); default 10..18 for 32-layer models, scaled to other depths; "
+            "0 (the decoder's input: projector output and embeddings) is allowed, with a warning"
         },
     )
     lm_loss_weight: float = field(
@@ -151,8 +173,9 @@ class TGAConfig:
             layers = list(self.target_layers)
             if not layers:
                 _fail("TGAConfig", "target_layers", "is empty")
-            if any(not isinstance(k, int) or k < 1 for k in layers):
-                _fail("TGAConfig", "target_layers", f"must be layer numbers >= 1 (1 = first decoder block), got {layers}")
+            if any(not isinstance(k, int) or k < 0 for k in layers):
+                _fail("TGAConfig", "target_layers", f"must be layer numbers >= 0 (0 = the decoder's input, 1 = the "
+                      f"first decoder block's output), got {layers}")
             if len(set(layers)) != len(layers):
                 _fail("TGAConfig", "target_layers", f"has duplicates: {layers}")
         if self.teacher_template != "chat":
@@ -181,9 +204,9 @@ def resolve_target_layers(config: TGAConfig, num_layers: int) -> list[int]:
                 "scaled default %s is used (set target_layers to choose)", num_layers, layers,
             )
         return layers
-    bad = [k for k in config.target_layers if not 1 <= k <= num_layers]
+    bad = [k for k in config.target_layers if not 0 <= k <= num_layers]
     if bad:
-        _fail("TGAConfig", "target_layers", f"{bad} out of range: this LLM has hidden_states[1..{num_layers}]")
+        _fail("TGAConfig", "target_layers", f"{bad} out of range: this LLM has hidden_states[0..{num_layers}]")
     return list(config.target_layers)
 
 
@@ -216,6 +239,11 @@ class TrainConfig(TrainingArguments):
     save_full_model: bool = field(
         default=True, metadata={"help": "save the whole model at the end (False: the projector export only)"}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start over in an output_dir that holds another run's checkpoints: they are removed first "
+                  "(without it such a folder is refused unless --resume_from_checkpoint is given)"},
+    )
 
     def __post_init__(self):
         if self.remove_unused_columns:
@@ -237,13 +265,19 @@ CONFIG_CLASSES = (ModelConfig, DataConfig, TGAConfig, TrainConfig)
 
 
 def _load_file(path: Path) -> dict:
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as error:
+                raise ValueError(" ".join(str(error).split())) from None
+        else:
+            values = json.loads(text)
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"config file {path} cannot be read: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold one mapping of option names to values")
     return values
@@ -275,7 +309,7 @@ def _pop_config_file(argv: list[str], parser: HfArgumentParser) -> Path | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise UserError(f"config file not found: {path}")
     return Path(path)
 
 

@@ -75,6 +75,8 @@ class EncodedSample:
         teacher_spans: int64 ``[1, 2]``, the caption's token span in it, (0, 0) when there is no caption.
         align: the alignment terms apply (image, caption, not toxic).
         has_retrieved: a retrieved text is in the prompt.
+        hinge: the record lets the hinge term apply (its ``"hinge": false`` opts out; it applies only with a
+            retrieved text either way).
         image_inputs: the processor's per-image outputs (``pixel_values`` ``[1, ...]``, ``image_sizes`` ...); empty
             for a text-only sample.
         token_inputs: the processor's other per-token outputs (``token_type_ids`` ...), ``[T]`` each.
@@ -88,6 +90,7 @@ class EncodedSample:
     teacher_spans: torch.Tensor
     align: bool
     has_retrieved: bool
+    hinge: bool = True
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 

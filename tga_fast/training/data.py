@@ -5,10 +5,12 @@ A record (one item of a .json list or one line of a .jsonl file)::
 
     {"id": "0001", "image": "coco/0001.png",                     # "image" absent: a text-only sample
      "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"}, {"from": "gpt", "value": "A dog."}],
-     "caption": "a dog on a sofa", "retrieved": "a small dog", "toxic": false, "scene": "..."}  # scene: ignored
+     "caption": "a dog on a sofa", "retrieved": "a small dog", "toxic": false, "scene": "...",  # scene: ignored
+     "hinge": true}                                               # optional: false leaves out the hinge term
 
-Bad records (wrong types, empty or malformed conversation, missing image file, missing caption on a non-toxic
-image sample, unreadable JSON line) are skipped at load: ``dataset.skipped`` lists ``(id or "line N", reason)``
+Files are read by :func:`tga_fast.files.read_json_records` (bytes, per-line decoding, a UTF-8 BOM ignored). Bad
+records (wrong types, empty or malformed conversation, missing image file, an image path that leaves the image
+folder, missing caption on a non-toxic image sample, unreadable JSON line) are skipped at load: ``dataset.skipped`` lists ``(id or "line N", reason)``
 and the log says how many and which. A sample that fails later (an image that does not decode, a prompt longer
 than ``max_length`` that would cut the image) makes ``__getitem__`` return a :class:`DroppedSample`, which the
 collator drops and counts: one record never stops an epoch.
@@ -16,7 +18,6 @@ collator drops and counts: one record never stops an epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from tga_fast.files import LineRecord, read_json_records, resolve_inside
 from tga_fast.retrieval.self_match import first_half, is_self_match
 from tga_fast.training.conversation import (
     EncodedSample,
@@ -38,7 +40,7 @@ from tga_fast.training.conversation import (
     render_conversation,
 )
 
-__all__ = ["BadRecord", "DroppedSample", "Record", "TGADataset", "parse_record", "read_records"]
+__all__ = ["BadRecord", "DroppedSample", "Record", "TGADataset", "parse_record"]
 
 logger = logging.getLogger(__name__)
 IMAGE_PLACEHOLDER = "<image>"
@@ -53,8 +55,10 @@ class BadRecord(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """A validated record. ``image`` is an absolute path or None (text-only); ``retrieved`` is None when absent
-    (after the self-match rule); ``caption`` is None when absent."""
+    """A validated record. ``image`` is an absolute path inside the image folder or None (text-only); ``retrieved``
+    is None when absent (after the self-match rule); ``caption`` is None when absent; ``hinge`` False opts the
+    sample out of the hinge term (the record's ``"hinge": false``; METHOD.md 4 applies it to every aligned sample
+    with a retrieved text, which stays the default)."""
 
     key: str
     image: Path | None
@@ -62,6 +66,7 @@ class Record:
     caption: str | None
     retrieved: str | None
     toxic: bool
+    hinge: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,37 +75,6 @@ class DroppedSample:
 
     key: str
     reason: str
-
-
-def read_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """``(where, record)`` for each record of a LLaVA .json (a list) or .jsonl file; ``where`` is ``item N`` or
-    ``line N`` (1-based). A JSONL line that is not JSON (or not UTF-8) yields a :class:`BadRecord` as its record;
-    a .json file that does not parse raises ``ValueError`` naming the file, line and column. Either file may
-    start with a UTF-8 byte-order mark.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json dataset must be a list of records, got {type(data).__name__}")
-        for number, record in enumerate(data, start=1):
-            yield f"item {number}", record
-        return
-    with open(path, "rb") as f:  # bytes: one line that is not UTF-8 is one bad record, not a failed load
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
-            except UnicodeDecodeError as error:
-                yield f"line {number}", BadRecord(f"not UTF-8 (byte {error.start + 1} of the line)")
-            except json.JSONDecodeError as error:
-                yield f"line {number}", BadRecord(f"invalid JSON: {error.msg} at column {error.colno}")
 
 
 def _text(value, what: str) -> str:
@@ -150,9 +124,15 @@ def parse_record(
 ) -> tuple[Record, bool]:
     """Validates one raw record; returns ``(record, self_matched)`` or raises :class:`BadRecord`.
 
-    The key is the record's ``id`` when it has one, else ``where``. The image file must exist (checked with a
-    stat; decoding waits for ``__getitem__``).
+    The key is the record's ``id`` when it has one, else ``where``. The image path resolves inside
+    ``image_folder`` (``../x`` or an absolute path elsewhere is a bad record) and the file must exist (checked with
+    a stat; decoding waits for ``__getitem__``). ``raw`` may be a :class:`~tga_fast.files.LineRecord` whose line
+    could not be read (a bad record) or a readable one.
     """
+    if isinstance(raw, LineRecord):
+        if not raw.ok:
+            raise BadRecord(raw.error)
+        raw = raw.value
     if isinstance(raw, BadRecord):
         raise raw
     if not isinstance(raw, dict):
@@ -166,7 +146,10 @@ def parse_record(
         raise BadRecord(f"'image' must be a string path, got {type(image).__name__}")
     image_path = None
     if image:
-        image_path = Path(image) if os.path.isabs(image) else image_folder / image
+        try:
+            image_path = resolve_inside(image_folder, image, what="image path")
+        except ValueError as error:
+            raise BadRecord(str(error)) from None
         if not image_path.is_file():
             raise BadRecord(f"image file not found: {image_path}")
     turns = _turns(raw.get("conversations"), image_path is not None)
@@ -189,9 +172,12 @@ def parse_record(
     self_matched = retrieved is not None and is_self_match(retrieved, caption)
     if self_matched:  # METHOD.md 4: a retrieved text equal to the caption becomes its first half
         retrieved = first_half(retrieved)
+    hinge = raw.get("hinge", True)
+    if not isinstance(hinge, bool):
+        raise BadRecord(f"'hinge' must be true or false, got {hinge!r}")
     key = raw.get("id")
     key = str(key) if isinstance(key, (str, int)) and str(key) else where
-    return Record(key, image_path, turns, caption, retrieved, toxic), self_matched
+    return Record(key, image_path, turns, caption, retrieved, toxic, hinge), self_matched
 
 
 class TGADataset(torch.utils.data.Dataset):
@@ -205,8 +191,8 @@ class TGADataset(torch.utils.data.Dataset):
             when the image and retrieved spans and at least one answer token fit, and is dropped otherwise.
         retrieved_field, caption_field, toxic_field: the record fields to read.
         use_retrieved: put the retrieved text in the prompt (False: the plain LLaVA prompt).
-        replace_failed: when a sample fails in ``__getitem__``, return the next sample that works (up to 15
-            tries, the failure still logged and kept in ``dropped``) instead of a :class:`DroppedSample` for the
+        replace_failed: when a sample fails in ``__getitem__``, return the next sample of the same modality that
+            works (up to 15 tries, the failure still logged and kept in ``dropped``) instead of a :class:`DroppedSample` for the
             collator to drop. The default keeps every batch full, which one sample per device needs (a batch with
             nothing left cannot step) and ZeRO-3 prefers (every rank runs the same forward).
         progress: show a progress bar while validating.
@@ -254,13 +240,15 @@ class TGADataset(torch.utils.data.Dataset):
             retrieved_field=retrieved_field, caption_field=caption_field, toxic_field=toxic_field,
             use_retrieved=use_retrieved,
         )
-        for where, raw in tqdm(read_records(path), desc=f"reading {path.name}", unit=" records", disable=not progress):
+        lines = read_json_records(path)
+        for line in tqdm(lines, desc=f"reading {path.name}", unit=" records", disable=not progress):
             try:
-                record, self_matched = parse_record(raw, where, self.image_folder, **fields)
+                record, self_matched = parse_record(line, line.where, self.image_folder, **fields)
             except BadRecord as error:
+                raw = line.value
                 key = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), (str, int)) else None
-                self.skipped.append((f"{key} ({where})" if key is not None else where, str(error)))
-                logger.info("skipping record %s: %s", self.skipped[-1][0], error)
+                self.skipped.append((f"{key} ({line.where})" if key is not None else line.where, str(error)))
+                logger.debug("skipping record %s: %s", self.skipped[-1][0], error)  # the summary names it once
                 continue
             self.records.append(record)
             self.self_matched += self_matched
@@ -284,13 +272,23 @@ class TGADataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> EncodedSample | DroppedSample:
-        sample = self.encode(self.records[index])
+        record = self.records[index]
+        sample = self.encode(record)
         if isinstance(sample, EncodedSample) or not self.replace_failed:
             return sample
-        for step in range(1, min(len(self.records), 16)):
-            replacement = self.encode(self.records[(index + step) % len(self.records)])
+        # The replacement has the failed sample's modality: the sampler made this step all-image or all-text on
+        # every process (ZeRO/DDP need it), and a text sample in an image step would break that.
+        tries = 0
+        for step in range(1, len(self.records)):
+            candidate = self.records[(index + step) % len(self.records)]
+            if (candidate.image is None) != (record.image is None):
+                continue
+            replacement = self.encode(candidate)
             if isinstance(replacement, EncodedSample):
                 return replacement
+            tries += 1
+            if tries == 15:
+                break
         return sample
 
     def encode(self, record: Record) -> EncodedSample | DroppedSample:
@@ -331,6 +329,7 @@ class TGADataset(torch.utils.data.Dataset):
             teacher_spans=teacher_span,
             align=image is not None and record.caption is not None and not record.toxic,
             has_retrieved=bool(spans[1, 1] > spans[1, 0]),
+            hinge=record.hinge,
             image_inputs=image_inputs,
             token_inputs=token_inputs,
         )

@@ -61,7 +61,10 @@ def alignment_cosines(
         raise ValueError(f"spans must be [B, 1, 2] (image) or [B, 2, 2] (image, retrieved), got {tuple(spans.shape)}")
     if len(hidden) != len(targets):
         raise ValueError(f"hidden has {len(hidden)} layers but targets has {len(targets)}")
-    cos = torch.stack([segment_cosine(h, spans, c, eps) for h, c in zip(hidden, targets)])  # [L, B, S]
+    if len(hidden) == 0:  # no target layer: [0, B] cosines, which the loss sums to zero
+        cos = targets.new_zeros((0, spans.shape[0], spans.shape[1]), dtype=torch.float32)
+    else:
+        cos = torch.stack([segment_cosine(h, spans, c, eps) for h, c in zip(hidden, targets)])  # [L, B, S]
     return cos[..., 0], (cos[..., 1] if spans.shape[1] == 2 else None)
 
 
@@ -98,7 +101,8 @@ def tga_alignment_loss(
             has an empty retrieved span, whose cosine 0 is no comparison), but still count in B.
 
     Returns:
-        :class:`AlignmentTerms` with scalar ``pair`` and ``hinge`` (fp32) and the cosines.
+        :class:`AlignmentTerms` with scalar ``pair`` and ``hinge`` (fp32) and the cosines. An empty batch (B = 0)
+        or no target layer (L = 0) gives zero terms (sums over nothing), still attached to the graph.
     """
     if hidden is not None or spans is not None or targets is not None:
         if image_cos is not None or retrieved_cos is not None:
@@ -114,12 +118,14 @@ def tga_alignment_loss(
         raise ValueError(f"retrieved_cos must match image_cos {tuple(image_cos.shape)}, got {tuple(retrieved_cos.shape)}")
     num_layers, batch = image_cos.shape
     image_cos = image_cos.float()
-    keep = torch.ones_like(image_cos[0], dtype=torch.bool)
+    keep = torch.ones(batch, dtype=torch.bool, device=image_cos.device)
     if toxic is not None:
         if toxic.shape != (batch,):
             raise ValueError(f"toxic must be a bool tensor of shape [B] = [{batch}], got {tuple(toxic.shape)}")
         keep = ~toxic.to(device=image_cos.device, dtype=torch.bool)
-    scale = 1.0 / (num_layers * batch)
+    # L and B are shape values (host ints, no sync); with either 0 every sum below is over nothing and is 0, so
+    # any positive scale gives the defined result, zero, instead of a division by zero.
+    scale = 1.0 / max(1, num_layers * batch)
 
     # Excluded samples are replaced before exp and dropped after it, not multiplied by 0: their cosine (NaN from a
     # broken image, say) must reach neither the loss nor, through exp's backward, the gradient.

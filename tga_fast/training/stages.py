@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tga_fast.models import resolve
-from tga_fast.models.adapters import ARCHITECTURES
+from tga_fast.errors import UserError
 from tga_fast.training.config import ModelConfig
 
 __all__ = ["freeze_for_stage", "keep_4bit_layers_differentiable", "load_model", "parameter_counts"]
@@ -22,49 +22,41 @@ __all__ = ["freeze_for_stage", "keep_4bit_layers_differentiable", "load_model", 
 logger = logging.getLogger(__name__)
 
 
-def _dtype(name: str):
-    return name if name == "auto" else getattr(torch, name)
-
-
 def load_model(config: ModelConfig):
-    """``(model, processor)`` from a local HF folder (``save_pretrained`` layout), nothing downloaded.
+    """``(model, processor)`` for a training stage, through tga_fast's one loader
+    (:func:`tga_fast.models.loading.load_model`: a local folder, or an explicit ``hub:<org>/<name>``; remote code
+    only with ``--trust_remote_code true``). The model stays where ``from_pretrained`` put it (the Trainer places
+    it); a 4-bit LLM goes to this process's GPU (``LOCAL_RANK``), or the CPU without one.
 
     Under DeepSpeed ZeRO-3 create the ``TrainingArguments`` first: transformers then loads the weights already
     partitioned (``zero.Init``).
+
+    Raises:
+        UserError: naming ``ModelConfig.model_name_or_path`` when the folder does not exist or is not a checkpoint.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from tga_fast.models.loading import load_model as load
 
     path = config.require_model()
-    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-    if hf_config.model_type not in ARCHITECTURES:
-        raise ValueError(
-            f"ModelConfig.model_name_or_path: model type {hf_config.model_type!r} is not supported; "
-            f"supported: {sorted(ARCHITECTURES)}"
-        )
-    kwargs = dict(
-        dtype=_dtype(config.dtype),
-        attn_implementation=config.attn_implementation,
-        trust_remote_code=config.trust_remote_code,
-    )
+    device = "cpu"
+    if config.load_in_4bit and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    options = None
     if config.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        arch = ARCHITECTURES[hf_config.model_type]
-        # Full module paths: transformers matches these from the start of a module's name (or as its suffix).
-        keep = sorted(set(arch.vision_tower + arch.projector + arch.lm_head))
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
+        options = dict(
             bnb_4bit_quant_type=config.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=getattr(torch, config.bnb_4bit_compute_dtype),
             bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
-            llm_int8_skip_modules=keep,
         )
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else "cpu"
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    try:
+        model, processor = load(
+            path, device=device, dtype=config.dtype, quantization="4bit" if config.load_in_4bit else None,
+            attn_implementation=config.attn_implementation, quantization_options=options,
+            trust_remote_code=config.trust_remote_code, place=False,
+        )  # fmt: skip
+    except FileNotFoundError as error:
+        raise UserError(f"ModelConfig.model_name_or_path: {error}") from None
     if config.load_in_4bit:
         keep_4bit_layers_differentiable(model)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     return model, processor
 
 

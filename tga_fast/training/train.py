@@ -8,37 +8,90 @@ A first argument ending in .json/.yaml/.yml supplies defaults that later options
 ``tga_fast.training.config.parse_config``). The DeepSpeed launcher adds ``--local_rank``, which
 ``TrainingArguments`` accepts. The run ends with ``<output_dir>/projector.safetensors`` (gathered under ZeRO-3),
 the full model unless ``--save_full_model false``, and ``<output_dir>/log_history.json``.
+
+An ``output_dir`` that holds checkpoints belongs to a run: it is refused unless ``--resume_from_checkpoint`` (a
+folder, or ``last``: the newest complete checkpoint there) or ``--overwrite_output_dir`` (remove them, start over)
+says what to do with them. A user error (bad preset or option, missing file or folder, such an output_dir) is one
+line on stderr and exit code 2, from ``tga-fast train`` and from the launchers alike.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 from pathlib import Path
 from typing import Sequence
 
+from tga_fast.errors import UserError
 from tga_fast.training.config import DataConfig, ModelConfig, TGAConfig, TrainConfig, parse_config, resolve_target_layers
 
-__all__ = ["main", "train"]
+__all__ = ["launch", "main", "train"]
 
 logger = logging.getLogger(__name__)
+RUN_OUTPUTS = ("projector.safetensors", "log_history.json")  # what a finished run leaves besides checkpoints
+_FIRST_REASONS = 5
 
 
-def _resume_point(config: TrainConfig) -> str | bool | None:
-    """``resume_from_checkpoint``: a folder, or ``"last"`` for the newest checkpoint in ``output_dir`` (if any)."""
+def _resume_point(config: TrainConfig) -> str | None:
+    """The checkpoint to resume from, after checking ``output_dir`` (see the module docstring).
+
+    ``resume_from_checkpoint``: None (start fresh: ``output_dir`` must hold no checkpoint, or
+    ``overwrite_output_dir`` removes them), a complete checkpoint folder, or ``"last"`` for the newest complete
+    checkpoint of ``output_dir`` (newer incomplete ones are skipped and logged; none at all starts fresh).
+    """
+    from tga_fast.training.checkpoints import checkpoint_problems, find_checkpoints, last_complete_checkpoint
+
     value = config.resume_from_checkpoint
+    output_dir = Path(config.output_dir)
+    existing = find_checkpoints(output_dir)
+    if value not in (None, "") and config.overwrite_output_dir:
+        raise UserError("TrainConfig.overwrite_output_dir removes the checkpoints that resume_from_checkpoint would "
+                        "continue from: give one of them")
     if value in (None, ""):
+        if existing and not config.overwrite_output_dir:
+            raise UserError(
+                f"output_dir {output_dir} holds checkpoints of another run ({existing[-1].name}, {len(existing)} in "
+                "all): pass --resume_from_checkpoint last to continue it, or --overwrite_output_dir to remove them "
+                "and start over (or choose another --output_dir)"
+            )
+        if existing and config.process_index == 0:  # one process removes; the others only read the folder
+            logger.warning("overwrite_output_dir: removing %d checkpoints of an earlier run in %s", len(existing),
+                           output_dir)
+            for folder in existing:
+                shutil.rmtree(folder)
+            for name in RUN_OUTPUTS:
+                (output_dir / name).unlink(missing_ok=True)
         return None
     if value == "last":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        last, skipped = last_complete_checkpoint(output_dir)
+        if last is None and skipped:
+            raise UserError(
+                f"resume_from_checkpoint=last: no complete checkpoint in {output_dir} ({skipped[0][0].name}: "
+                f"{skipped[0][1]}); pass --overwrite_output_dir to start over"
+            )
         if last is None:
-            logger.info("resume_from_checkpoint=last: no checkpoint in %s, starting fresh", config.output_dir)
-        return last
-    if not Path(value).is_dir():
-        raise ValueError(f"TrainConfig.resume_from_checkpoint is not a checkpoint folder: {value}")
+            logger.info("resume_from_checkpoint=last: no checkpoint in %s, starting fresh", output_dir)
+            return None
+        logger.info("resuming from %s%s", last, f" (skipped {len(skipped)} incomplete)" if skipped else "")
+        return str(last)
+    problems = checkpoint_problems(value)
+    if problems:
+        raise UserError(f"TrainConfig.resume_from_checkpoint {value} is not a complete checkpoint: {'; '.join(problems)}")
     return value
+
+
+def _require_images(dataset, data_path: str) -> None:
+    """TGA trains the projector on image samples: with none left (a wrong ``--image_folder``, say) the run would
+    export the initial projector unchanged, so it stops here with the count and the first reasons."""
+    if any(record.image is not None for record in dataset.records):
+        return
+    reasons = "; ".join(f"{key}: {reason}" for key, reason in dataset.skipped[:_FIRST_REASONS])
+    raise UserError(
+        f"DataConfig.data_path: no image record of {data_path} survived ({len(dataset.skipped)} skipped, "
+        f"{len(dataset.records)} text-only left); first reasons: {reasons or 'none (the file has no image record)'}"
+    )
 
 
 def train(
@@ -52,7 +105,10 @@ def train(
     """Loads the model and data, trains with :class:`~tga_fast.training.trainer.TGATrainer`, saves and exports.
 
     Returns the Trainer's train metrics plus ``trainable`` (parameter counts per part), ``target_layers``,
-    ``skipped_records`` and ``projector`` (the exported path, on rank 0).
+    ``skipped_records``, ``text_replay_samples``, ``resumed_from`` and ``projector`` (the exported path, on rank 0).
+
+    Raises:
+        UserError: a bad option, file or folder, an ``output_dir`` in use, or data without a surviving image record.
     """
     from transformers import set_seed
 
@@ -66,7 +122,8 @@ def train(
     model_config.require_model()
     data_path = data_config.require_data()
     if model_config.load_in_4bit and train_config.deepspeed:
-        raise ValueError("ModelConfig.load_in_4bit: a 4-bit LLM runs without DeepSpeed (one process or torchrun)")
+        raise UserError("ModelConfig.load_in_4bit: a 4-bit LLM runs without DeepSpeed (one process or torchrun)")
+    resume = _resume_point(train_config)  # before anything is loaded: a refused output_dir costs nothing
     set_seed(train_config.seed)
     if train_config.deepspeed:
         # TrainingArguments set up torch.distributed (on CPU without deepspeed.comm); ZeRO-3's zero.Init inside
@@ -91,7 +148,15 @@ def train(
         progress=train_config.process_index == 0 and not train_config.disable_tqdm,
     )
     if len(dataset) == 0:
-        raise ValueError(f"DataConfig.data_path: no valid record in {data_path} (skipped: {dataset.skipped[:5]})")
+        raise UserError(f"DataConfig.data_path: no valid record in {data_path} ({len(dataset.skipped)} skipped; first "
+                        f"reasons: {dataset.skipped[:_FIRST_REASONS]})")
+    _require_images(dataset, data_path)
+    replayed = 0
+    if data_config.text_replay_path:
+        from tga_fast.training.replay import mix_text_replay
+
+        replayed = mix_text_replay(dataset, data_config.text_replay_path, data_config.text_replay_ratio,
+                                   seed=train_config.seed)
     trainer = TGATrainer(
         model=model,
         args=train_config,
@@ -102,14 +167,15 @@ def train(
         tga=tga_config,
         target_layers=layers,
     )
-    result = trainer.train(resume_from_checkpoint=_resume_point(train_config))
+    result = trainer.train(resume_from_checkpoint=resume)
     if train_config.save_full_model:
         trainer.save_model()
     projector = None
     if train_config.export_projector:
         projector = export_projector(trainer.model_wrapped, Path(train_config.output_dir) / "projector.safetensors")
     metrics = dict(result.metrics)
-    metrics.update(trainable=trainable, target_layers=list(layers), skipped_records=len(dataset.skipped))
+    metrics.update(trainable=trainable, target_layers=list(layers), skipped_records=len(dataset.skipped),
+                   text_replay_samples=replayed, resumed_from=resume)
     metrics["projector"] = None if projector is None else str(projector)
     if trainer.is_world_process_zero():
         out = Path(train_config.output_dir)
@@ -119,7 +185,8 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Parses argv (or ``sys.argv``) into the four configs and runs :func:`train`."""
+    """Parses argv (or ``sys.argv``) into the four configs and runs :func:`train`; user errors are raised (the
+    callers, ``tga-fast train`` and :func:`launch`, turn them into one line and exit code 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_config, data_config, tga_config, train_config = parse_config(argv)
     finished = False
@@ -144,5 +211,20 @@ def _close_process_group(wait: bool) -> None:
         dist.destroy_process_group()
 
 
+def launch(argv: Sequence[str] | None = None) -> int:
+    """The launchers' entry (``python -m`` / ``deepspeed --module`` / ``torchrun -m tga_fast.training.train``): 0 on
+    success; a user error is one line on stderr (from every process: each one checked the same thing) and 2."""
+    from tga_fast.cli import USER_ERRORS  # the one list of what a user can fix (the launcher is CLI code)
+
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        logger.debug("user error", exc_info=True)
+        message = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"tga_fast.training.train: error: {message[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(launch())

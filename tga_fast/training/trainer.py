@@ -44,7 +44,10 @@ EXTRA_KEYS = (
     "teacher_spans",
     "align",
     "has_retrieved",
+    "hinge_mask",
 )
+# Optional among them (a collator of an older layout may leave it out): the hinge then follows has_retrieved.
+_OPTIONAL_KEYS = ("hinge_mask",)
 _QUANTIZED_PARAMS = ("Params4bit", "Int8Params")
 
 
@@ -59,7 +62,8 @@ class TGATrainer(Trainer):
 
     Args:
         tga: the alignment settings (weights, schedule exponents, ``faithful_reference``, ``align``).
-        target_layers: ``hidden_states[k]`` layers to align, e.g. ``range(10, 19)`` for a 32-layer LLM.
+        target_layers: ``hidden_states[k]`` layers to align, e.g. ``range(10, 19)`` for a 32-layer LLM. Layer 0
+            (the decoder's input: the projector's output among the text embeddings) is allowed with a warning.
         All other arguments are ``transformers.Trainer``'s.
     """
 
@@ -85,10 +89,11 @@ class TGATrainer(Trainer):
             keep_4bit_layers_differentiable(model)
         self.tga = tga
         parts = resolve(self.model)
-        self.target_layers = parts.check_layers(target_layers, "target_layers")
-        if min(self.target_layers) < 1 or max(self.target_layers) > parts.num_layers:
-            raise ValueError(
-                f"target_layers {list(self.target_layers)} must be decoder outputs 1..{parts.num_layers} of this model"
+        self.target_layers = parts.check_layers(target_layers, "target_layers")  # 0..num_layers
+        if 0 in self.target_layers:
+            logger.warning(
+                "target_layers include 0, the decoder's input: an input-level alignment of the projector's output "
+                "with the caption's token embeddings, not the paper's alignment of hidden states at the safety layers"
             )
         self._projector_trains = any(p.requires_grad for p in parts.projector.parameters()) if parts.projector else False
         self._tga_sums: torch.Tensor | None = None  # [4 + L]: see _record
@@ -102,7 +107,8 @@ class TGATrainer(Trainer):
         ``inputs``: the :class:`~tga_fast.training.collator.TGACollator` batch of B samples: the model's inputs
         (``input_ids``/``attention_mask``/``labels`` ``[B, T]``, ``pixel_values`` for the N samples with an image)
         plus ``teacher_input_ids``/``teacher_attention_mask`` ``[B, Tt]``, ``student_spans`` ``[B, 2, 2]``,
-        ``teacher_spans`` ``[B, 1, 2]``, ``align`` and ``has_retrieved`` bool ``[B]`` (popped before the forward).
+        ``teacher_spans`` ``[B, 1, 2]``, ``align``, ``has_retrieved`` and ``hinge_mask`` bool ``[B]`` (popped before
+        the forward; the hinge term is summed over ``hinge_mask``, or ``has_retrieved`` without it).
         A batch without ``pixel_values`` (or ``align=False`` in the config) gets the LM loss alone. The alignment
         terms are scaled like the LM loss for gradient accumulation; nothing here reads a device value.
         """
@@ -122,7 +128,7 @@ class TGATrainer(Trainer):
                 self._record(ce, None, None, None, ga_scaled)
             loss = ce + unused
             return (loss, outputs) if return_outputs else loss
-        missing = [key for key in EXTRA_KEYS if key not in extras]
+        missing = [key for key in EXTRA_KEYS if key not in extras and key not in _OPTIONAL_KEYS]
         if missing:
             raise ValueError(f"TGA alignment needs the collator fields {missing} (use tga_fast's TGACollator)")
         targets = self._teacher_targets(model, hf_model, extras)
@@ -135,7 +141,7 @@ class TGATrainer(Trainer):
             cosines[..., 1],
             progress=self._progress(),
             toxic=~align,
-            hinge_mask=extras["has_retrieved"].to(cosines.device, torch.bool),
+            hinge_mask=extras.get("hinge_mask", extras["has_retrieved"]).to(cosines.device, torch.bool),
             pair_weight=self.tga.pair_weight,
             hinge_weight=self.tga.hinge_weight,
             pair_power=self.tga.pair_power,
