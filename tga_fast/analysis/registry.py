@@ -47,7 +47,7 @@ def run_analysis(name: str, model, processor, samples: Sequence, options=None, *
         raise ValueError(f"unknown analysis {name!r}; registered: {sorted(ANALYSES)}")
     entry = ANALYSES[name]
     options = entry.options() if options is None else options
-    if not isinstance(options, entry.options):
+    if type(options) is not entry.options:  # a subclass could carry options the function does not take
         raise TypeError(f"{name} takes {entry.options.__name__}, got {type(options).__name__}")
     return entry.function(model, processor, samples, **options.arguments(processor), batch_size=batch_size,
                           progress=progress, with_retrieved=with_retrieved, system_prompt=system_prompt)
