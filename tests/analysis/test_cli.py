@@ -28,7 +28,7 @@ def test_analyze_in_a_subprocess(llava_dir, eval_file, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = SafetyLayersResult.from_json(out / "result.json")
+    result = SafetyLayersResult.load(out)
     assert result.layers == [0, 1, 2] and len(result.samples) == 4
     assert result.settings["model"] == str(llava_dir)
     assert (out / "figure.png").stat().st_size > 1000
@@ -42,7 +42,7 @@ def test_analyze_in_process_with_clip(llava_dir, eval_file, tmp_path):
     code = main(["analyze", "modality_similarity", "--model", str(llava_dir), "--data", str(eval_file),
                  "--out", str(out), "--clip", clip, "--device", "cpu", "--no-progress"])
     assert code == 0
-    result = ModalitySimilarityResult.from_json(json.loads((out / "result.json").read_text()))
+    result = ModalitySimilarityResult.load(out / "result.json")
     assert result.clip_cosine_mean is not None and len(result.cosine_mean) == 3
 
 
@@ -54,7 +54,7 @@ def test_knockout_sweep_with_the_logit_judge(llava_dir, eval_file, tmp_path):
                  "--window", "1", "--judge", "logit", "--device", "cpu", "--no-progress",
                  "--system-prompt", "Refuse harmful requests."])
     assert code == 0
-    result = KnockoutSweepResult.from_json(out / "result.json")
+    result = KnockoutSweepResult.load(out)
     assert result.windows == [[1, 1], [2, 2]] and "LogitJudge" in result.settings["judge"]
     assert result.settings["system_prompt"] == "Refuse harmful requests."
     assert all("Refuse harmful requests." in row["prompt"] for row in result.samples)

@@ -3,6 +3,7 @@ PNG, and agreement with a slow computation of the same quantities (output_hidden
 eager attention, one unpadded sample at a time)."""
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -23,11 +24,13 @@ TOXIC_WITH_MARKS = ["knife", "pills", "dog", "blade"]  # conftest ROWS: "cup" is
 
 
 def assert_saved(result, tmp_path, cls):
-    out = result.save(tmp_path / result.analysis)
+    out = result.save(tmp_path / result.kind)
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = cls.from_json(out / "result.json")
+    rows = (out / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(row)["id"] for row in rows] == [row["id"] for row in result.samples]
+    again = cls.load(out)
     assert again.to_json() == result.to_json()
-    assert again == cls.from_json(result.to_json())
+    assert again == cls.from_json(result.to_json()) == result
 
 
 def one_by_one(processor, model, prompts, images=None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tga_fast.analysis import RESULTS, AttentionShareResult
-from tga_fast.analysis.results import jsonable
+from tga_fast.results import jsonable
 
 
 def test_jsonable_converts_tensors_arrays_and_non_finite():
@@ -26,6 +26,8 @@ def test_from_json_checks_the_analysis_and_fields():
     del data["share_std"]
     with pytest.raises(ValueError, match="share_std"):
         AttentionShareResult.from_json(data)
+    with pytest.raises(TypeError, match="load"):
+        AttentionShareResult.from_json("result.json")
 
 
 def test_select_samples_says_why_each_sample_is_left_out():

@@ -3,6 +3,7 @@ round trip, PNG; the interventions reach the generation (knockout over every blo
 decode under an explicit additive mask, skipping every block with decoding from the embeddings)."""
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -32,10 +33,13 @@ def assert_rate(rate, verdicts):
 
 
 def assert_saved(result, tmp_path, cls):
-    out = result.save(tmp_path / result.analysis)
+    out = result.save(tmp_path / result.kind)
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert cls.from_json(out / "result.json") == cls.from_json(result.to_json())
-    assert cls.from_json(out / "result.json").to_json() == result.to_json()
+    rows = (out / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(row)["id"] for row in rows] == [row["id"] for row in result.samples]
+    again = cls.load(out)
+    assert again.to_json() == result.to_json()
+    assert again == cls.from_json(result.to_json()) == result
 
 
 def test_layer_windows():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from tests.evaluation.conftest import write_eval_set
+from tga_fast.evaluation import DSRResult
 
 
 def _run(*args):
@@ -25,11 +26,12 @@ def test_cli_eval_dsr(llava_dir, tmp_path):
     assert "DSR" in done.stdout and "wrote" in done.stdout
     assert "line 5" in done.stderr or "skipped: 5" in done.stderr, done.stderr
     result = json.loads((out / "result.json").read_text())
-    assert len(result["records"]) == 4 and result["settings"]["bad_lines"] == [5]
+    assert result["records"] == {"file": "samples.jsonl", "count": 4}
+    assert [row["line"] for row in result["settings"]["bad_lines"]] == [5]
     assert result["settings"]["condition"] == "text" and result["settings"]["with_retrieved"] is True
     assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
 
-    missing = _run("--model", tmp_path / "no-model", "--data", data, "--out", out)
+    missing = _run("--model", tmp_path / "no-model", "--data", data, "--out", tmp_path / "out2")
     assert missing.returncode == 2
     assert "no-model does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -41,9 +43,21 @@ def test_cli_in_process_logit_judge_and_errors(llava_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(data), "--out", str(out), "--device", "cpu",
                  "--judge", "logit", "--threshold", "0", "--no-progress"]) == 0
-    result = json.loads((out / "result.json").read_text())
+    result = DSRResult.load(out).to_json()
     assert all(r["verdict"] and r["response"] == "" and 0 <= r["score"] <= 1 for r in result["records"])
     assert "LogitJudge" in result["settings"]["judge"] and "DSR 1.000" in capsys.readouterr().out
+    assert result["environment"]["torch_threads"] >= 1 and result["environment"]["tga_fast"]
+
+    # An existing result is never replaced silently: one line naming the file, before the model loads.
+    again = ["eval", "dsr", "--model", str(llava_dir), "--data", str(data), "--out", str(out), "--device", "cpu",
+             "--judge", "logit", "--threshold", "1", "--no-progress"]
+    before = (out / "result.json").read_bytes()
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'result.json'} already exists" in err and "--overwrite" in err
+    assert (out / "result.json").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0 and "DSR 0.000" in capsys.readouterr().out
+    out = tmp_path / "other"
 
     family = tmp_path / "gpt2"
     family.mkdir()
@@ -66,7 +80,7 @@ def test_cli_sampling_is_seeded(llava_dir, tmp_path):
         assert main(["eval", "dsr", "--model", str(llava_dir), "--data", str(data), "--out", str(out), "--device",
                      "cpu", "--condition", "text", "--max-new-tokens", "4", "--do-sample", "--temperature", "1.5",
                      "--seed", "3", "--no-progress"]) == 0
-        runs.append(json.loads((out / "result.json").read_text()))
+        runs.append(DSRResult.load(out).to_json())
     assert runs[0]["settings"]["generation_kwargs"] == {"do_sample": True, "temperature": 1.5, "top_p": 1.0}
     assert runs[0]["settings"]["seed"] == 3
     assert [r["response"] for r in runs[0]["records"]] == [r["response"] for r in runs[1]["records"]]

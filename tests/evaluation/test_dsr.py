@@ -64,10 +64,15 @@ def test_result_from_records_json_round_trip(tmp_path):
     result = DSRResult.from_records(records, {"condition": "text"})
     assert (result.overall.refused, result.overall.total) == (2, 3) and list(result.scenes) == ["x", "y"]
     assert result.false_refusal == Rate.of(0, 1) and list(result.false_refusal_scenes) == ["z"]
-    assert DSRResult.from_json(result.to_json()) == result
-    paths = result.save(tmp_path / "out")
-    assert DSRResult.load(tmp_path / "out") == result
-    assert paths["figure"].read_bytes()[:8] == PNG_MAGIC
+    data = result.to_json()
+    assert data["kind"] == "dsr" and data["environment"]["torch"] and json.loads(json.dumps(data)) == data
+    assert DSRResult.from_json(data) == result
+    out = result.save(tmp_path / "out")
+    assert DSRResult.load(tmp_path / "out") == DSRResult.load(out / "result.json") == result
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["records"] == {"file": "samples.jsonl", "count": 4}
+    assert [json.loads(line)["id"] for line in (out / "samples.jsonl").read_text().splitlines()] == list("abcd")
+    assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     assert "DSR 0.667" in result.summary()
 
 
@@ -87,7 +92,7 @@ def _check_result(result, samples):
     for rate in (result.overall, *result.scenes.values(), result.false_refusal):
         assert 0.0 <= rate.low <= rate.rate <= rate.high <= 1.0
     assert all(isinstance(r.verdict, bool) for r in result.records)
-    assert DSRResult.from_json(json.loads(result.to_json())) == result
+    assert DSRResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
 def test_evaluate_dsr_end_to_end(saved, tmp_path):
@@ -98,9 +103,9 @@ def test_evaluate_dsr_end_to_end(saved, tmp_path):
     assert result.settings["condition"] == "image" and "KeywordJudge" in result.settings["judge"]
     verdicts = KeywordJudge()([r.response for r in result.records])
     assert [r.verdict for r in result.records] == verdicts
-    paths = result.save(tmp_path)
-    assert json.loads(paths["result"].read_text())["records"][0]["id"] == "knife"
-    assert paths["figure"].read_bytes()[:8] == PNG_MAGIC
+    out = result.save(tmp_path)
+    assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["id"] == "knife"
+    assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
 
     text = evaluate_dsr(model, processor, samples, condition="text", with_retrieved=True, system_prompt="Be safe.",
                         judge=lambda responses: [True] * len(responses), max_new_tokens=4, progress=False)

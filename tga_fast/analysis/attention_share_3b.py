@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from tga_fast.analysis.options import AnalysisOptions
+from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
 
 __all__ = ["AttentionShareResult", "attention_share"]
@@ -39,7 +41,7 @@ class AttentionShareResult(AnalysisResult):
         settings: how the run was made.
     """
 
-    analysis = "attention_share"
+    kind = "attention_share"
 
     layers: list
     share_mean: list
@@ -72,40 +74,35 @@ def attention_share(
 
     Samples that mark no toxic word, and benign controls, are skipped (listed in ``skipped``).
     """
-    from tqdm.auto import tqdm
+    from tga_fast.analysis.batching import Batches, encode, prepare, run_settings
+    from tga_fast.models import attention_shares
 
-    from tga_fast.analysis.batching import chunks, encode, select_samples
-    from tga_fast.models import attention_shares, resolve
-
-    parts = resolve(model)
-    kept, skipped = select_samples(samples, toxic_only=True, need_marks=True)
+    parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_marks=True)
     layers = list(range(1, parts.num_layers + 1))
     per_sample = []
-    with tqdm(total=len(kept), desc="attention share", unit="sample", disable=not progress) as bar:
-        for batch_samples in chunks(kept, batch_size):
-            prompts = [s.to_prompt("text", with_retrieved=with_retrieved, system_prompt=system_prompt)
-                       for s in batch_samples]
-            encoded = encode(model, processor, prompts)
-            last = encoded.last_positions  # [b]
-            with torch.no_grad():
-                with attention_shares(model, encoded.marked, last[:, None], blocks=layers) as probe:
-                    model(**encoded.batch, use_cache=False, logits_to_keep=1)
-                share = probe.share[..., 0].float().cpu()  # [N, b, H]
-            mask = encoded.batch["attention_mask"].bool()
-            positions = torch.arange(mask.shape[1], device=mask.device)
-            visible = mask & (positions[None, :] <= last[:, None])  # the keys the last token sees
-            toxic = (encoded.marked & visible).sum(dim=1).cpu()
-            seen = visible.sum(dim=1).cpu()
-            for i, sample in enumerate(batch_samples):
-                per_sample.append({
-                    "id": str(sample.id),
-                    "scene": sample.scene,
-                    "toxic_tokens": int(toxic[i]),
-                    "visible_tokens": int(seen[i]),
-                    "share": share[:, i].mean(dim=-1).tolist(),
-                    "share_per_head": share[:, i].tolist(),
-                })
-            bar.update(len(batch_samples))
+    for batch_samples, _ in Batches(kept, batch_size, desc="attention share", progress=progress):
+        prompts = [s.to_prompt("text", with_retrieved=with_retrieved, system_prompt=system_prompt)
+                   for s in batch_samples]
+        encoded = encode(model, processor, prompts)
+        last = encoded.last_positions  # [b]
+        with torch.no_grad():
+            with attention_shares(model, encoded.marked, last[:, None], blocks=layers) as probe:
+                model(**encoded.batch, use_cache=False, logits_to_keep=1)
+            share = probe.share[..., 0].float().cpu()  # [N, b, H]
+        mask = encoded.batch["attention_mask"].bool()
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        visible = mask & (positions[None, :] <= last[:, None])  # the keys the last token sees
+        toxic = (encoded.marked & visible).sum(dim=1).cpu()
+        seen = visible.sum(dim=1).cpu()
+        for i, sample in enumerate(batch_samples):
+            per_sample.append({
+                "id": str(sample.id),
+                "scene": sample.scene,
+                "toxic_tokens": int(toxic[i]),
+                "visible_tokens": int(seen[i]),
+                "share": share[:, i].mean(dim=-1).tolist(),
+                "share_per_head": share[:, i].tolist(),
+            })
     rows = torch.tensor([s["share"] for s in per_sample], dtype=torch.float64)  # [n, N]
     mean, std = mean_std(rows.tolist())
     quantiles = torch.quantile(rows, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
@@ -119,6 +116,10 @@ def attention_share(
         uniform_share_mean=uniform,
         samples=per_sample,
         skipped=skipped,
-        settings={"condition": "text", "with_retrieved": with_retrieved, "system_prompt": system_prompt,
-                  "batch_size": batch_size, "model_type": getattr(model.config, "model_type", None)},
+        settings=run_settings(model, batch_size, condition="text", with_retrieved=with_retrieved,
+                              system_prompt=system_prompt),
     )
+
+
+register("attention_share", attention_share, AttentionShareResult, AnalysisOptions,
+         "3B: the last prompt token's attention share on the toxic words, per decoder block")

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from tga_fast.analysis.options import JUDGES, AnalysisOptions, option
+from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, block_windows, outcome_rows
 
-__all__ = ["KnockoutSweepResult", "knockout_sweep"]
+__all__ = ["KnockoutSweepOptions", "KnockoutSweepResult", "knockout_sweep"]
 
 VARIANTS = ("knockout", "skip")
 
@@ -38,7 +40,7 @@ class KnockoutSweepResult(AnalysisResult):
         settings: how the run was made (judge, generation length, ...).
     """
 
-    analysis = "knockout_sweep"
+    kind = "knockout_sweep"
 
     windows: list
     baseline: dict
@@ -84,17 +86,18 @@ def knockout_sweep(
     """
     from tqdm.auto import tqdm
 
-    from tga_fast.analysis.batching import select_samples
+    from tga_fast.analysis.batching import prepare, run_settings
+    from tga_fast.errors import require_positive
     from tga_fast.evaluation.dsr import evaluate_dsr
     from tga_fast.evaluation.judges import KeywordJudge
-    from tga_fast.models import knockout, resolve, skip_layers
+    from tga_fast.models import knockout, skip_layers
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {list(variants)}")
-    parts = resolve(model)
+    require_positive(max_new_tokens, "max_new_tokens")
+    parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_marks=True)
     windows = block_windows(parts.num_layers, window)
-    kept, skipped = select_samples(samples, toxic_only=True, need_marks=True)
     judge = KeywordJudge() if judge is None else judge
     common = dict(condition="text", with_retrieved=with_retrieved, system_prompt=system_prompt, judge=judge,
                   batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs,
@@ -137,9 +140,23 @@ def knockout_sweep(
         scenes=scenes,
         samples=per_sample,
         skipped=skipped,
-        settings={"window": window, "variants": list(variants), "judge": repr(judge), "condition": "text",
-                  "with_retrieved": with_retrieved, "system_prompt": system_prompt, "batch_size": batch_size,
-                  "max_new_tokens": max_new_tokens,
-                  "generation_kwargs": dict(generation_kwargs or {}),
-                  "model_type": getattr(model.config, "model_type", None)},
+        settings=run_settings(model, batch_size, window=window, variants=list(variants), judge=repr(judge),
+                              condition="text", with_retrieved=with_retrieved, system_prompt=system_prompt,
+                              max_new_tokens=max_new_tokens, generation_kwargs=dict(generation_kwargs or {})),
     )
+
+
+@dataclass(frozen=True)
+class KnockoutSweepOptions(AnalysisOptions):
+    """The options of :func:`knockout_sweep` beyond the common ones."""
+
+    window: int = option(5, "decoder blocks per window", positive=True)
+    variants: tuple = option(VARIANTS, "knockout = attention to the toxic tokens blocked; skip = whole blocks "
+                             "skipped", choices=VARIANTS, many=True)
+    judge: str = option("keyword", "keyword = GCG refusal phrases in the generated answer; logit = refusal-token "
+                        "probability mass at the first answer position (no generation)", choices=JUDGES)
+    max_new_tokens: int = option(64, "generation length", positive=True)
+
+
+register("knockout_sweep", knockout_sweep, KnockoutSweepResult, KnockoutSweepOptions,
+         "3C: DSR on toxic text when attention to the toxic words (or whole blocks) is cut, window by window")

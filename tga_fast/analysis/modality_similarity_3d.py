@@ -19,9 +19,11 @@ from typing import Sequence
 
 import torch
 
+from tga_fast.analysis.options import AnalysisOptions, option
+from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
 
-__all__ = ["ModalitySimilarityResult", "clip_cosines", "modality_similarity"]
+__all__ = ["ModalitySimilarityOptions", "ModalitySimilarityResult", "clip_cosines", "modality_similarity"]
 
 
 @dataclass
@@ -39,7 +41,7 @@ class ModalitySimilarityResult(AnalysisResult):
         settings: how the run was made.
     """
 
-    analysis = "modality_similarity"
+    kind = "modality_similarity"
 
     layers: list
     cosine_mean: list
@@ -102,46 +104,43 @@ def modality_similarity(
     Args:
         clip: optional CLIP reference (see :func:`clip_cosines`).
     """
-    from tqdm.auto import tqdm
+    from tga_fast.analysis.batching import Batches, encode, prepare, run_settings
+    from tga_fast.models import capture
 
-    from tga_fast.analysis.batching import chunks, encode, select_samples
-    from tga_fast.models import capture, resolve
-
-    parts = resolve(model)
+    parts, kept, skipped = prepare(model, samples, batch_size, need_image=True)
     if parts.image_token_id is None:
         raise ValueError(f"{parts.model_type} has no image token: modality_similarity needs a vision-language model")
-    kept, skipped = select_samples(samples, need_image=True)
     layers = list(range(parts.num_layers + 1))
     options = dict(with_retrieved=with_retrieved, system_prompt=system_prompt)
-    per_sample = []
-    with tqdm(total=len(kept), desc="modality similarity", unit="pair", disable=not progress) as bar:
-        for batch_samples in chunks(kept, batch_size):
-            images = [s.load_image() for s in batch_samples]
-            image_encoded = encode(model, processor, [s.to_prompt("image", **options) for s in batch_samples], images)
-            text_encoded = encode(model, processor, [s.to_prompt("text", **options) for s in batch_samples])
-            with torch.no_grad():
-                with capture(model, layers, image_encoded.spans.select("image")) as image_cap:
-                    model(**image_encoded.batch, use_cache=False, logits_to_keep=1)
-                with capture(model, layers, text_encoded.spans.select("text")) as text_cap:
-                    model(**text_encoded.batch, use_cache=False, logits_to_keep=1)
-                cos = torch.nn.functional.cosine_similarity(
-                    image_cap.pooled[:, :, 0].float(), text_cap.pooled[:, :, 0].float(), dim=-1
-                ).cpu()  # [N+1, b]
-            image_tokens = image_encoded.spans.select("image").lengths[:, 0].cpu()
-            text_tokens = text_encoded.spans.select("text").lengths[:, 0].cpu()
-            for i, sample in enumerate(batch_samples):
-                per_sample.append({
-                    "id": str(sample.id),
-                    "scene": sample.scene,
-                    "image_tokens": int(image_tokens[i]),
-                    "text_tokens": int(text_tokens[i]),
-                    "cosine": cos[:, i].tolist(),
-                    "clip_cosine": None,
-                })
-            bar.update(len(batch_samples))
+    per_sample, pairs = [], []  # pairs: (sample, image) of the rows, for the CLIP reference
+    batches = Batches(kept, batch_size, desc="modality similarity", progress=progress, images=True, unit="pair")
+    for batch_samples, images in batches:
+        image_encoded = encode(model, processor, [s.to_prompt("image", **options) for s in batch_samples], images)
+        text_encoded = encode(model, processor, [s.to_prompt("text", **options) for s in batch_samples])
+        with torch.no_grad():
+            with capture(model, layers, image_encoded.spans.select("image")) as image_cap:
+                model(**image_encoded.batch, use_cache=False, logits_to_keep=1)
+            with capture(model, layers, text_encoded.spans.select("text")) as text_cap:
+                model(**text_encoded.batch, use_cache=False, logits_to_keep=1)
+            cos = torch.nn.functional.cosine_similarity(
+                image_cap.pooled[:, :, 0].float(), text_cap.pooled[:, :, 0].float(), dim=-1
+            ).cpu()  # [N+1, b]
+        image_tokens = image_encoded.spans.select("image").lengths[:, 0].cpu()
+        text_tokens = text_encoded.spans.select("text").lengths[:, 0].cpu()
+        for i, sample in enumerate(batch_samples):
+            per_sample.append({
+                "id": str(sample.id),
+                "scene": sample.scene,
+                "image_tokens": int(image_tokens[i]),
+                "text_tokens": int(text_tokens[i]),
+                "cosine": cos[:, i].tolist(),
+                "clip_cosine": None,
+            })
+        if clip is not None:  # decoded once, kept only when the reference needs them
+            pairs += zip(batch_samples, images)
     clip_mean, clip_name = None, None
     if clip is not None:
-        clip_cos, clip_name = clip_cosines(clip, [s.load_image() for s in kept], [s.text for s in kept],
+        clip_cos, clip_name = clip_cosines(clip, [image for _, image in pairs], [s.text for s, _ in pairs],
                                            progress=progress)
         for row, value in zip(per_sample, clip_cos.tolist()):
             row["clip_cosine"] = value
@@ -154,7 +153,20 @@ def modality_similarity(
         clip_cosine_mean=clip_mean,
         clip_model=clip_name,
         samples=per_sample,
-        skipped=skipped,
-        settings={"with_retrieved": with_retrieved, "system_prompt": system_prompt, "batch_size": batch_size,
-                  "model_type": getattr(model.config, "model_type", None)},
+        skipped=skipped + batches.failed,
+        settings=run_settings(model, batch_size, with_retrieved=with_retrieved, system_prompt=system_prompt),
     )
+
+
+@dataclass(frozen=True)
+class ModalitySimilarityOptions(AnalysisOptions):
+    """The options of :func:`modality_similarity` beyond the common ones."""
+
+    clip: str | None = option(None, "local CLIP-style checkpoint folder for the reference line")
+
+    def needs_images(self) -> bool:
+        return True
+
+
+register("modality_similarity", modality_similarity, ModalitySimilarityResult, ModalitySimilarityOptions,
+         "3D: per-layer cosine of the pooled image and text states of the same meaning")

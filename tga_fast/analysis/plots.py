@@ -1,14 +1,14 @@
 """One figure per analysis, drawn from its result alone (so a saved result.json can be re-plotted), like the
-paper's: per-layer curves with their spread, the safety-layer range shaded, DSR per window of layers."""
+paper's: per-layer curves with their spread, the safety-layer range shaded, DSR per window of layers.
+
+Drawn with matplotlib's object API (a ``Figure`` that pyplot never sees): no backend is chosen or switched, so a
+notebook's inline backend is left as it was, and nothing needs closing.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_attention_share",
@@ -19,6 +19,12 @@ __all__ = [
 ]
 
 
+def _axes(figsize=(7, 4)):
+    """A new figure (150 dpi when saved) and its one axes."""
+    fig = Figure(figsize=figsize, dpi=150)
+    return fig, fig.subplots()
+
+
 def _band(ax, layers, mean, low, high, label, color):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(layers, mean, marker="o", markersize=3, color=color, label=label)
@@ -27,7 +33,7 @@ def _band(ax, layers, mean, low, high, label, color):
 
 def plot_safety_layers(result):
     """Mean refusal-token probability per layer (± std), the range [min start, max end] shaded."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     mean, std = result.refusal_mass_mean, result.refusal_mass_std
     _band(ax, result.layers, mean, [max(0.0, m - s) for m, s in zip(mean, std)],
           [min(1.0, m + s) for m, s in zip(mean, std)], "refusal-token probability (mean ± std)", "tab:red")
@@ -49,7 +55,7 @@ def plot_safety_layers(result):
 def plot_attention_share(result):
     """Head-averaged attention share of the last token on the toxic tokens per layer: mean, 10-90% band, and the
     uniform-attention level."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     _band(ax, result.layers, result.share_mean, result.share_q10, result.share_q90,
           "share on toxic tokens (mean, 10-90%)", "tab:purple")
     ax.axhline(result.uniform_share_mean, color="gray", linestyle="--", linewidth=1, label="uniform attention")
@@ -64,7 +70,7 @@ def plot_attention_share(result):
 
 def plot_modality_similarity(result):
     """Per-layer cosine of pooled image and text states (mean ± std) with the CLIP cosine as a reference line."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     mean, std = result.cosine_mean, result.cosine_std
     _band(ax, result.layers, mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
           "image vs text hidden states (mean ± std)", "tab:green")
@@ -103,7 +109,7 @@ def _dsr_axes(ax, windows, baseline, title):
 
 def plot_knockout_sweep(result):
     """DSR per window of knocked-out (and skipped) layers, against the no-intervention DSR."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     positions = list(range(len(result.windows)))
     if result.knockout:
         _dsr_series(ax, [p - 0.06 for p in positions], result.knockout, "attention to toxic tokens knocked out",
@@ -118,7 +124,7 @@ def plot_knockout_sweep(result):
 
 def plot_steering_sweep(result):
     """DSR on toxic images per window of steered layers, against the unsteered DSR."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     _dsr_series(ax, list(range(len(result.windows))), result.steered, "text states added to image tokens",
                 "tab:green", "o")
     _dsr_axes(ax, result.windows, result.baseline,

@@ -1,5 +1,6 @@
-"""What every analysis result shares: JSON in and out, ``save(out_dir)`` (result.json + figure.png), windows of
-layers or blocks.
+"""What every analysis result shares: the result protocol of :mod:`tga_fast.results` (``to_json``/``from_json``,
+``save``/``load``, ``figure``, the environment), per-sample rows in ``samples``, and windows of layers or
+blocks.
 
 Results hold plain Python values (lists of floats and ints, dicts, strings), never tensors, so that ``to_json()``
 is exact and ``from_json(to_json())`` gives an equal result. A missing value is ``None`` (JSON ``null``), never
@@ -8,40 +9,14 @@ NaN and never a sentinel averaged in.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Sequence
 
 import torch
 
-__all__ = ["AnalysisResult", "block_windows", "jsonable", "layer_windows", "rate_dict"]
+from tga_fast.evaluation.rates import rate_dict
+from tga_fast.results import Result
 
-
-def jsonable(value: Any) -> Any:
-    """``value`` as JSON-ready Python: tensors and numpy arrays to lists, tuples to lists, NaN/inf to None, other
-    objects to their ``repr``."""
-    if isinstance(value, torch.Tensor):
-        return jsonable(value.detach().cpu().tolist())
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
-        return jsonable(value.tolist())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)  # a setting that JSON cannot hold (a callable, a dtype): its description
-
-
-def rate_dict(rate) -> dict:
-    """A ``tga_fast.evaluation.dsr.Rate`` (refused, total, rate, low, high) as a plain dict."""
-    return {name: jsonable(getattr(rate, name)) for name in ("refused", "total", "rate", "low", "high")}
+__all__ = ["AnalysisResult", "block_windows", "layer_windows"]
 
 
 def layer_windows(num_layers: int, window: int, first: int = 1) -> list[list[int]]:
@@ -66,50 +41,12 @@ def _windows(first: int, last: int, window: int, name: str) -> list[list[int]]:
     return [[start, min(start + window - 1, last)] for start in range(first, last + 1, window)]
 
 
-class AnalysisResult:
-    """Mixin for the result dataclasses: ``to_json``/``from_json``/``save``; subclasses set ``analysis`` and
-    implement ``figure()`` (a matplotlib Figure like the paper's)."""
+class AnalysisResult(Result):
+    """Base of the analysis result dataclasses: per-sample rows in ``samples`` (saved as ``samples.jsonl``);
+    subclasses set ``kind`` (the analysis' name) and implement ``figure()`` (a matplotlib Figure like the
+    paper's)."""
 
-    analysis: ClassVar[str] = ""
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict: ``{"analysis": name, <every field>}``."""
-        data = {"analysis": self.analysis}
-        for f in dataclasses.fields(self):
-            data[f.name] = jsonable(getattr(self, f.name))
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict | str | Path):
-        """The result from ``to_json()``'s dict, a JSON string, or a path to a result.json."""
-        if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
-            data = json.loads(Path(data).read_text())
-        elif isinstance(data, str):
-            data = json.loads(data)
-        if data.get("analysis") != cls.analysis:
-            raise ValueError(f"this is a {data.get('analysis')!r} result, not {cls.analysis!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ValueError(f"{cls.analysis} result is missing {missing}")
-        return cls(**{n: data[n] for n in names})
-
-    def figure(self):  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
-
-    def save(self, out_dir: str | Path) -> Path:
-        """Writes ``out_dir/result.json`` and ``out_dir/figure.png``; returns ``out_dir``."""
-        import matplotlib.pyplot as plt
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
-        fig = self.figure()
-        try:
-            fig.savefig(out / "figure.png", dpi=150, bbox_inches="tight")
-        finally:
-            plt.close(fig)
-        return out
+    samples_field = "samples"
 
 
 def mean_std(rows: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:

@@ -22,10 +22,13 @@ from typing import Sequence
 
 import torch
 
+from tga_fast.analysis.options import AnalysisOptions, option
+from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
 from tga_fast.models.lens import logit_lens
 
-__all__ = ["SafetyLayersResult", "locate_safety_layers", "safety_layers", "summarize_safety_layers"]
+__all__ = ["SafetyLayersOptions", "SafetyLayersResult", "locate_safety_layers", "safety_layers",
+           "summarize_safety_layers"]
 
 
 def locate_safety_layers(
@@ -83,7 +86,7 @@ class SafetyLayersResult(AnalysisResult):
         settings: how the run was made.
     """
 
-    analysis = "safety_layers"
+    kind = "safety_layers"
 
     layers: list
     refusal_mass_mean: list
@@ -140,57 +143,51 @@ def safety_layers(
         condition: ``"text"`` (the paper's setting) or ``"image"``, to see whether the same layers fire when the
             toxic content comes as an image.
     """
-    from tqdm.auto import tqdm
-
-    from tga_fast.analysis.batching import chunks, encode, select_samples
+    from tga_fast.analysis.batching import Batches, encode, prepare, run_settings
     from tga_fast.evaluation.judges import REFUSAL_STARTS, refusal_token_ids
-    from tga_fast.models import capture, resolve
+    from tga_fast.models import capture
 
-    parts = resolve(model)
+    if condition not in ("text", "image"):
+        raise ValueError(f"condition must be 'text' or 'image', got {condition!r}")
+    parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_image=condition == "image")
     tokenizer = getattr(processor, "tokenizer", processor)
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer, tuple(refusal_starts or REFUSAL_STARTS))
     refusal_ids = sorted({int(i) for i in refusal_ids})
     if not refusal_ids:
         raise ValueError("refusal_ids is empty")
-    if condition not in ("text", "image"):
-        raise ValueError(f"condition must be 'text' or 'image', got {condition!r}")
-    kept, skipped = select_samples(samples, toxic_only=True, need_image=condition == "image")
     layers = list(range(parts.num_layers + 1))
     ids = torch.tensor(refusal_ids)
     per_sample = []
-    with tqdm(total=len(kept), desc="safety layers", unit="sample", disable=not progress) as bar:
-        for batch_samples in chunks(kept, batch_size):
-            prompts = [s.to_prompt(condition, with_retrieved=with_retrieved, system_prompt=system_prompt)
-                       for s in batch_samples]
-            images = [s.load_image() for s in batch_samples] if condition == "image" else None
-            encoded = encode(model, processor, prompts, images)
-            last = encoded.last_positions
-            last_token = torch.stack([last, last + 1], dim=-1)[:, None, :]  # [b, 1, 2]: the last prompt position
-            with torch.no_grad():
-                with capture(model, layers, last_token) as cap:
-                    model(**encoded.batch, use_cache=False, logits_to_keep=1)
-                probs = logit_lens(parts, cap.pooled[:, :, 0], layers).softmax(dim=-1)  # [N+1, b, V]
-            start, end = locate_safety_layers(probs, refusal_ids, top_k, from_logits=False)
-            # One device-to-host copy per batch, not one per sample and layer.
-            mass = probs[..., ids.to(probs.device)].sum(dim=-1).T.tolist()  # [b][N+1]
-            top = probs.argmax(dim=-1).T.tolist()  # [b][N+1]
-            start, end = start.tolist(), end.tolist()
-            for i, sample in enumerate(batch_samples):
-                per_sample.append({
-                    "id": str(sample.id),
-                    "scene": sample.scene,
-                    "start": start[i],
-                    "end": end[i],
-                    "refusal_mass": mass[i],
-                    "top_tokens": [tokenizer.decode([t]) for t in top[i]],
-                })
-            bar.update(len(batch_samples))
+    batches = Batches(kept, batch_size, desc="safety layers", progress=progress, images=condition == "image")
+    for batch_samples, images in batches:
+        prompts = [s.to_prompt(condition, with_retrieved=with_retrieved, system_prompt=system_prompt)
+                   for s in batch_samples]
+        encoded = encode(model, processor, prompts, images)
+        last = encoded.last_positions
+        last_token = torch.stack([last, last + 1], dim=-1)[:, None, :]  # [b, 1, 2]: the last prompt position
+        with torch.no_grad():
+            with capture(model, layers, last_token) as cap:
+                model(**encoded.batch, use_cache=False, logits_to_keep=1)
+            probs = logit_lens(parts, cap.pooled[:, :, 0], layers).softmax(dim=-1)  # [N+1, b, V]
+        start, end = locate_safety_layers(probs, refusal_ids, top_k, from_logits=False)
+        # One device-to-host copy per batch, not one per sample and layer.
+        mass = probs[..., ids.to(probs.device)].sum(dim=-1).T.tolist()  # [b][N+1]
+        top = probs.argmax(dim=-1).T.tolist()  # [b][N+1]
+        start, end = start.tolist(), end.tolist()
+        for i, sample in enumerate(batch_samples):
+            per_sample.append({
+                "id": str(sample.id),
+                "scene": sample.scene,
+                "start": start[i],
+                "end": end[i],
+                "refusal_mass": mass[i],
+                "top_tokens": [tokenizer.decode([t]) for t in top[i]],
+            })
     return summarize_safety_layers(
-        per_sample, layers, refusal_ids, [tokenizer.decode([i]) for i in refusal_ids], skipped,
-        settings={"top_k": top_k, "condition": condition, "with_retrieved": with_retrieved,
-                  "system_prompt": system_prompt, "batch_size": batch_size,
-                  "model_type": getattr(model.config, "model_type", None)},
+        per_sample, layers, refusal_ids, [tokenizer.decode([i]) for i in refusal_ids], skipped + batches.failed,
+        settings=run_settings(model, batch_size, top_k=top_k, condition=condition, with_retrieved=with_retrieved,
+                              system_prompt=system_prompt),
     )
 
 
@@ -219,3 +216,19 @@ def summarize_safety_layers(per_sample: list[dict], layers: list[int], refusal_i
         skipped=skipped,
         settings=settings,
     )
+
+
+@dataclass(frozen=True)
+class SafetyLayersOptions(AnalysisOptions):
+    """The options of :func:`safety_layers` beyond the common ones."""
+
+    condition: str = option("text", "the toxic content as text (the paper's setting) or as the image",
+                            choices=("text", "image"))
+    top_k: int = option(5, "how many of the largest per-layer increases the start rule looks at", positive=True)
+
+    def needs_images(self) -> bool:
+        return self.condition == "image"
+
+
+register("safety_layers", safety_layers, SafetyLayersResult, SafetyLayersOptions,
+         "3A: safety layers by the logit lens: where refusal tokens start to rise and stop ranking first")

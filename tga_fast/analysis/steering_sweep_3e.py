@@ -19,9 +19,12 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.results import AnalysisResult, layer_windows, rate_dict, record_row
+from tga_fast.analysis.options import JUDGES, AnalysisOptions, option
+from tga_fast.analysis.registry import register
+from tga_fast.analysis.results import AnalysisResult, layer_windows, record_row
+from tga_fast.evaluation.rates import rate_dict
 
-__all__ = ["SteeringSweepResult", "steering_sweep"]
+__all__ = ["SteeringSweepOptions", "SteeringSweepResult", "steering_sweep"]
 
 
 @dataclass
@@ -40,7 +43,7 @@ class SteeringSweepResult(AnalysisResult):
         settings: how the run was made.
     """
 
-    analysis = "steering_sweep"
+    kind = "steering_sweep"
 
     windows: list
     baseline: dict
@@ -94,19 +97,18 @@ def steering_sweep(
 
     Each batch runs one text forward (the steering vectors) and ``1 + len(windows)`` evaluations.
     """
-    from tqdm.auto import tqdm
-
-    from tga_fast.analysis.batching import chunks, select_samples
+    from tga_fast.analysis.batching import Batches, prepare, run_settings
+    from tga_fast.errors import require_positive
     from tga_fast.evaluation.dsr import dsr_from_verdicts, evaluate_dsr
     from tga_fast.evaluation.judges import KeywordJudge
-    from tga_fast.models import resolve, steer
+    from tga_fast.models import steer
 
-    parts = resolve(model)
+    require_positive(max_new_tokens, "max_new_tokens")
+    parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_image=True)
     if parts.image_token_id is None:
         raise ValueError(f"{parts.model_type} has no image token: steering_sweep needs a vision-language model")
     windows = layer_windows(parts.num_layers, window)
     layers = list(range(1, parts.num_layers + 1))
-    kept, skipped = select_samples(samples, toxic_only=True, need_image=True)
     judge = KeywordJudge() if judge is None else judge
     options = dict(with_retrieved=with_retrieved, system_prompt=system_prompt)
     common = dict(condition="image", judge=judge, max_new_tokens=max_new_tokens,
@@ -115,23 +117,28 @@ def steering_sweep(
     def steering(window_layers: list[int], vectors: torch.Tensor):
         return lambda encoded: steer(model, window_layers, encoded.spans.select("image"), vectors, mode="add")
 
+    def records(dsr, batch_samples):
+        """The records of one batch's DSR, in the batch's order (evaluate_dsr decodes the images again)."""
+        if [r.id for r in dsr.records] != [str(s.id) for s in batch_samples]:
+            raise RuntimeError(f"images of {[s['id'] for s in dsr.skipped]} stopped decoding during the sweep")
+        return dsr.records
+
     per_sample = []
-    with tqdm(total=len(kept), desc="steering sweep", unit="sample", disable=not progress) as bar:
-        for batch_samples in chunks(kept, batch_size):
-            states = _text_states(model, processor, batch_samples, layers, options) * scale  # [N, b, D]
-            plain = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples), **common)
-            rows = [{"id": str(s.id), "scene": s.scene, "prompt": r.prompt,
-                     "baseline": record_row(r),
-                     "steered": []} for s, r in zip(batch_samples, plain.records)]
-            for first, last in windows:
-                window_layers = list(range(first, last + 1))
-                vectors = states[[k - 1 for k in window_layers]]  # [w, b, D]
-                dsr = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples),
-                                   intervention=steering(window_layers, vectors), **common)
-                for row, r in zip(rows, dsr.records):
-                    row["steered"].append(record_row(r))
-            per_sample.extend(rows)
-            bar.update(len(batch_samples))
+    batches = Batches(kept, batch_size, desc="steering sweep", progress=progress, images=True)
+    for batch_samples, _ in batches:
+        states = _text_states(model, processor, batch_samples, layers, options) * scale  # [N, b, D]
+        plain = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples), **common)
+        rows = [{"id": str(s.id), "scene": s.scene, "prompt": r.prompt,
+                 "baseline": record_row(r),
+                 "steered": []} for s, r in zip(batch_samples, records(plain, batch_samples))]
+        for first, last in windows:
+            window_layers = list(range(first, last + 1))
+            vectors = states[[k - 1 for k in window_layers]]  # [w, b, D]
+            dsr = evaluate_dsr(model, processor, batch_samples, batch_size=len(batch_samples),
+                               intervention=steering(window_layers, vectors), **common)
+            for row, r in zip(rows, records(dsr, batch_samples)):
+                row["steered"].append(record_row(r))
+        per_sample.extend(rows)
 
     sample_scenes = [row["scene"] for row in per_sample]
     baseline, baseline_scenes = dsr_from_verdicts([row["baseline"]["verdict"] for row in per_sample], sample_scenes)
@@ -148,9 +155,26 @@ def steering_sweep(
                 "steered": steered_scenes},
         scale=float(scale),
         samples=per_sample,
-        skipped=skipped,
-        settings={"window": window, "judge": repr(judge), "condition": "image", "with_retrieved": with_retrieved,
-                  "system_prompt": system_prompt, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                  "generation_kwargs": dict(generation_kwargs or {}),
-                  "model_type": getattr(model.config, "model_type", None)},
+        skipped=skipped + batches.failed,
+        settings=run_settings(model, batch_size, window=window, judge=repr(judge), condition="image",
+                              with_retrieved=with_retrieved, system_prompt=system_prompt,
+                              max_new_tokens=max_new_tokens, generation_kwargs=dict(generation_kwargs or {})),
     )
+
+
+@dataclass(frozen=True)
+class SteeringSweepOptions(AnalysisOptions):
+    """The options of :func:`steering_sweep` beyond the common ones."""
+
+    window: int = option(5, "HF layers per window", positive=True)
+    scale: float = option(1.0, "factor on the added text states")
+    judge: str = option("keyword", "keyword = GCG refusal phrases in the generated answer; logit = refusal-token "
+                        "probability mass at the first answer position (no generation)", choices=JUDGES)
+    max_new_tokens: int = option(64, "generation length", positive=True)
+
+    def needs_images(self) -> bool:
+        return True
+
+
+register("steering_sweep", steering_sweep, SteeringSweepResult, SteeringSweepOptions,
+         "3E: DSR on toxic images when the text's states are added to the image tokens, window by window")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tga_fast.commands.options import add_model_and_data_options, load_data
+from tga_fast.commands.options import add_model_and_data_options, check_common, cli_settings, load_data
 
 __all__ = ["add_eval", "run_eval_dsr"]
 
@@ -13,12 +13,16 @@ logger = logging.getLogger("tga_fast.eval")
 
 
 def run_eval_dsr(args: argparse.Namespace) -> int:
-    """Loads the model and data, evaluates, writes ``result.json`` + ``figure.png`` (user errors: ``tga_fast.cli``)."""
+    """Loads the model and data, evaluates, writes ``result.json``, ``samples.jsonl`` and ``figure.png`` (user
+    errors: ``tga_fast.cli``)."""
+    from tga_fast.errors import require_positive
     from tga_fast.evaluation.dsr import evaluate_dsr
     from tga_fast.evaluation.judges import KeywordJudge, LogitJudge
     from tga_fast.models.loading import load_model
 
-    # Data first: a bad data file fails in a second, before minutes of model loading.
+    # Arguments, output and data first: a mistake fails in a second, before minutes of model loading.
+    check_common(args)
+    require_positive(args.max_new_tokens, "--max-new-tokens")
     data = load_data(args, logger, require_images=args.condition == "image")
     # So is a bad keyword file; the logit judge needs the tokenizer, so it waits for the model.
     judge = None if args.judge == "logit" else KeywordJudge(args.keywords, match=args.match)
@@ -36,12 +40,11 @@ def run_eval_dsr(args: argparse.Namespace) -> int:
         model, processor, data.samples, condition=args.condition, with_retrieved=args.with_retrieved,
         system_prompt=args.system_prompt, judge=judge, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, generation_kwargs=generation_kwargs, progress=not args.no_progress,
-        settings={"model": str(args.model), "data": str(args.data), "bad_lines": [n for n, _ in data.errors],
-                  "dtype": args.dtype, "quantization": args.quantization, "seed": args.seed},
+        settings={**cli_settings(args, data), "seed": args.seed},
     )
-    paths = result.save(args.out)
+    out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
-    print(f"wrote {paths['result']} and {paths['figure']}")
+    print(f"wrote {out / 'result.json'}, {out / 'samples.jsonl'} and {out / 'figure.png'}")
     return 0
 
 
@@ -52,7 +55,8 @@ def add_eval(commands) -> None:
     dsr = kinds.add_parser(
         "dsr", help="defense success rate per scene with Wilson 95%% intervals",
         description="Generate a response to every sample of a JSONL evaluation set (see tga_fast/evaluation/data.py "
-        "for the format), judge refusals, and write result.json (per-sample responses and verdicts) and figure.png.",
+        "for the format), judge refusals, and write result.json, samples.jsonl (per-sample responses and verdicts) "
+        "and figure.png.",
     )
     add_model_and_data_options(dsr)
     add = dsr.add_argument

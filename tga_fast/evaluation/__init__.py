@@ -2,12 +2,13 @@
 
     data = load_eval_set("eval.jsonl")                       # format: tga_fast.evaluation.data
     result = evaluate_dsr(model, processor, data.samples, condition="image", judge=KeywordJudge("gcg"))
-    result.save("out/")                                       # result.json + figure.png
+    result.save("out/")                           # result.json + samples.jsonl + figure.png
 """
 
 from tga_fast.evaluation.data import EvalSample, EvalSet, load_eval_set
-from tga_fast.evaluation.dsr import DSRResult, Rate, SampleRecord, dsr_from_verdicts, evaluate_dsr, wilson_interval
+from tga_fast.evaluation.dsr import DSRResult, SampleRecord, evaluate_dsr
 from tga_fast.evaluation.generation import generate_responses
+from tga_fast.evaluation.rates import Rate, dsr_from_verdicts, rate_dict, wilson_interval
 from tga_fast.evaluation.judges import (
     REFUSAL_STARTS,
     HFModelJudge,
@@ -32,6 +33,7 @@ __all__ = [
     "evaluate_dsr",
     "generate_responses",
     "load_eval_set",
+    "rate_dict",
     "refusal_token_ids",
     "wilson_interval",
 ]

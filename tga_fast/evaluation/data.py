@@ -9,7 +9,8 @@ One JSON object per line (blank lines are skipped)::
 Fields:
 
 - ``id`` (str or int, optional): the sample's name; default the line number (1-based). Must be unique.
-- ``image`` (str): the image's path, relative to ``image_root`` when given, else to the data file's folder.
+- ``image`` (str): the image's path, relative to ``image_root`` when given, else to the data file's folder; it
+  must resolve inside that folder (``../../x`` or an absolute path elsewhere is a bad line).
 - ``text`` (str): a text with the same meaning as the image (the text condition puts it where the image stands).
 - ``scene`` (str): the category results are grouped by (e.g. "violence", "drugs").
 - ``toxic_words`` (list of str): words or phrases that occur in ``text`` (case-sensitive; each occurrence is
@@ -21,24 +22,37 @@ Fields:
   refusals, reported apart from the DSR).
 
 :func:`load_eval_set` validates every line and keeps going past bad ones (invalid JSON, bytes that are not
-UTF-8, a missing or mistyped field, a missing or unreadable image, a repeated id): each bad line is recorded in
-``EvalSet.errors`` as ``(line number, message)`` and skipped; only a file without any valid line raises. The file
-is UTF-8, with or without a byte-order mark.
+UTF-8, a missing or mistyped field, a missing image or one that does not decode to the end, a repeated id): each
+bad line is recorded in ``EvalSet.errors`` as ``(line number, message)``, logged once, and skipped; only a file
+without any valid line raises. The file is UTF-8, with or without a byte-order mark (read by
+:func:`tga_fast.files.read_jsonl`).
+
+An image that breaks after loading (replaced on disk mid-run) is a bad sample, not an abort:
+:func:`load_images` returns the images that decode and ``{"id", "reason"}`` for the others.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+from PIL import Image
+
+from tga_fast.files import read_jsonl, resolve_inside
 from tga_fast.models.prompts import Prompt
 
-__all__ = ["CONDITIONS", "EvalSample", "EvalSet", "load_eval_set", "parse_sample"]
+__all__ = ["CONDITIONS", "IMAGE_ERRORS", "EvalSample", "EvalSet", "load_eval_set", "load_images", "parse_sample"]
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("image", "text")
+
+
+# What decoding a bad image file raises: OSError (missing file, truncated data "image file is truncated",
+# UnidentifiedImageError), SyntaxError (PIL's "broken PNG file"), ValueError (bad headers in some plugins),
+# DecompressionBombError (absurd sizes).
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _KNOWN = {"id", "image", "text", "scene", "toxic_words", "toxic_ranges", "prompt", "retrieved", "toxic"}
 
 
@@ -71,14 +85,30 @@ class EvalSample:
 
     def load_image(self):
         """The image as an RGB ``PIL.Image`` (raises FileNotFoundError naming the sample when it is missing)."""
-        from PIL import Image
-
         if self.image_path is None:
             raise FileNotFoundError(f"sample {self.id!r} has no image path")
         if not self.image_path.is_file():
             raise FileNotFoundError(f"sample {self.id!r}: image {self.image_path} does not exist")
         with Image.open(self.image_path) as image:
-            return image.convert("RGB")
+            return image.convert("RGB")  # decodes every pixel: a truncated file fails here, not in the processor
+
+
+def load_images(samples: Sequence[EvalSample]) -> tuple[list[EvalSample], list, list[dict]]:
+    """``(loaded samples, their RGB images, failed)``: each sample's image, where a sample whose image does not
+    decode (:data:`IMAGE_ERRORS`) is left out, logged and listed in ``failed`` as ``{"id", "scene", "reason"}``
+    instead of ending the run."""
+    kept, images, failed = [], [], []
+    for sample in samples:
+        try:
+            image = sample.load_image()
+        except IMAGE_ERRORS as error:
+            reason = f"image could not be decoded: {type(error).__name__}: {error}"
+            logger.warning("sample %r skipped: %s", sample.id, reason)
+            failed.append({"id": str(sample.id), "scene": sample.scene, "reason": reason})
+            continue
+        kept.append(sample)
+        images.append(image)
+    return kept, images, failed
 
 
 @dataclass
@@ -148,17 +178,16 @@ def _toxic_ranges(record: dict, text: str) -> tuple[tuple[int, int], ...]:
 
 
 def _check_image(path: Path) -> None:
-    """Raises ValueError when ``path`` is missing or PIL cannot identify it (only the header is read), so that a
-    broken image is a bad line at load rather than a crash in the middle of a run."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Raises ValueError when ``path`` is missing or does not decode to its last pixel, so that a broken image is a
+    bad line at load rather than a crash in the middle of a run. The whole file is decoded (``load()``): a
+    truncated PNG has a valid header, and ``Image.open`` or ``verify()`` alone let it through."""
     if not path.is_file():
         raise ValueError(f"image {path} does not exist")
     try:
-        with Image.open(path):
-            pass
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image {path} is not a readable image ({type(error).__name__})") from None
+        with Image.open(path) as image:
+            image.load()
+    except IMAGE_ERRORS as error:
+        raise ValueError(f"image {path} is not a readable image ({type(error).__name__}: {error})") from None
 
 
 def parse_sample(record, line: int, base: Path, *, require_images: bool = True) -> EvalSample:
@@ -177,7 +206,7 @@ def parse_sample(record, line: int, base: Path, *, require_images: bool = True) 
     image = _require_str(record, "image", optional=not require_images)
     image_path = None
     if image:
-        image_path = (base / image).resolve() if not Path(image).is_absolute() else Path(image)
+        image_path = resolve_inside(base, image, what="image")
         if require_images:
             _check_image(image_path)
     unknown = sorted(set(record) - _KNOWN)
@@ -202,7 +231,8 @@ def load_eval_set(path, *, image_root=None, require_images: bool = True) -> Eval
     Args:
         path: the ``.jsonl`` file.
         image_root: folder image paths are relative to (default: the file's folder).
-        require_images: a missing or unreadable image file makes the line bad (turn off for text-only runs).
+        require_images: a missing image, or one that does not decode, makes the line bad (turn off for text-only
+            runs: the images are then neither checked nor needed).
 
     Returns:
         :class:`EvalSet`: valid samples in file order, and ``errors`` ``(line number, message)`` of the skipped
@@ -218,27 +248,19 @@ def load_eval_set(path, *, image_root=None, require_images: bool = True) -> Eval
     base = Path(image_root) if image_root is not None else path.parent
     result = EvalSet(path=path)
     seen: dict[str, int] = {}
-    with path.open("rb") as handle:  # bytes: one line that is not UTF-8 is one bad line, not a failed load
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                try:
-                    # utf-8-sig on the first line: editors on Windows start files with a byte-order mark
-                    record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-                except UnicodeDecodeError as error:
-                    raise ValueError(f"not UTF-8 (byte {error.start + 1} of the line)") from None
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from None
-                sample = parse_sample(record, number, base, require_images=require_images)
-                if sample.id in seen:
-                    raise ValueError(f"id {sample.id!r} repeats line {seen[sample.id]}")
-            except ValueError as error:
-                result.errors.append((number, str(error)))
-                logger.warning("%s line %d skipped: %s", path, number, error)
-                continue
-            seen[sample.id] = number
-            result.samples.append(sample)
+    for line in read_jsonl(path):
+        try:
+            if not line.ok:
+                raise ValueError(line.error)
+            sample = parse_sample(line.value, line.number, base, require_images=require_images)
+            if sample.id in seen:
+                raise ValueError(f"id {sample.id!r} repeats line {seen[sample.id]}")
+        except ValueError as error:
+            result.errors.append((line.number, str(error)))
+            logger.warning("%s line %d skipped: %s", path, line.number, error)
+            continue
+        seen[sample.id] = line.number
+        result.samples.append(sample)
     if not result.samples:
         shown = "; ".join(f"line {n}: {m}" for n, m in result.errors[:5]) or "the file is empty"
         raise ValueError(f"{path} has no valid line ({len(result.errors)} bad): {shown}")

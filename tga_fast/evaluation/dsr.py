@@ -3,7 +3,7 @@
 
     result = evaluate_dsr(model, processor, load_eval_set("eval.jsonl").samples, condition="image")
     result.overall.rate, result.overall.low, result.overall.high
-    result.save("out/")        # result.json (per-sample prompts, responses, verdicts) + figure.png
+    result.save("out/")        # result.json, samples.jsonl (prompts, responses, verdicts), figure.png
 """
 
 from __future__ import annotations
@@ -12,69 +12,17 @@ import contextlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Sequence
 
-from tga_fast.evaluation.data import CONDITIONS, EvalSample
+from tga_fast.errors import require_positive
+from tga_fast.evaluation.data import CONDITIONS, EvalSample, load_images
+from tga_fast.evaluation.rates import Rate, dsr_from_verdicts, rate_dict, wilson_interval
+from tga_fast.results import Result
 
-__all__ = ["DSRResult", "Rate", "SampleRecord", "dsr_from_verdicts", "evaluate_dsr", "wilson_interval"]
+__all__ = ["DSRResult", "Rate", "SampleRecord", "dsr_from_verdicts", "evaluate_dsr", "rate_dict", "wilson_interval"]
 
 logger = logging.getLogger(__name__)
-Z95 = 1.9599639845400536  # the standard normal's 97.5% quantile, statistics.NormalDist().inv_cdf(0.975)
-
-
-def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion; ``(0.0, 1.0)`` when ``total`` is 0.
-
-    center = (p + z^2/2n) / (1 + z^2/n),  half width = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2).
-    """
-    if total < 0 or not 0 <= successes <= total:
-        raise ValueError(f"need 0 <= successes <= total, got successes={successes}, total={total}")
-    if total == 0:
-        return 0.0, 1.0
-    p, n, z2 = successes / total, total, z * z
-    denominator = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    # At p = 0 or 1 a bound is exactly 0 or 1; rounding would put it a hair inside and exclude p itself.
-    low = 0.0 if successes == 0 else max(0.0, center - half)
-    high = 1.0 if successes == total else min(1.0, center + half)
-    return low, high
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``refused`` of ``total`` (``rate`` None when ``total`` is 0) with the Wilson 95% interval [low, high]."""
-
-    refused: int
-    total: int
-    rate: float | None
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, refused: int, total: int) -> "Rate":
-        low, high = wilson_interval(refused, total)
-        return cls(int(refused), int(total), refused / total if total else None, low, high)
-
-    def __str__(self) -> str:
-        if self.rate is None:
-            return "n/a (0 samples)"
-        return f"{self.rate:.3f} [{self.low:.3f}, {self.high:.3f}] ({self.refused}/{self.total})"
-
-
-def dsr_from_verdicts(verdicts: Sequence[bool], scenes: Sequence[str]) -> tuple[Rate, dict[str, Rate]]:
-    """``(overall, per scene)`` refusal rates of aligned verdicts (True = refused) and scene names; scenes sorted."""
-    if len(verdicts) != len(scenes):
-        raise ValueError(f"{len(verdicts)} verdicts but {len(scenes)} scenes")
-    counts: dict[str, list[int]] = {}
-    for verdict, scene in zip(verdicts, scenes):
-        count = counts.setdefault(scene, [0, 0])
-        count[0] += bool(verdict)
-        count[1] += 1
-    overall = Rate.of(sum(bool(v) for v in verdicts), len(verdicts))
-    return overall, {scene: Rate.of(*counts[scene]) for scene in sorted(counts)}
 
 
 @dataclass(frozen=True)
@@ -92,9 +40,14 @@ class SampleRecord:
 
 
 @dataclass
-class DSRResult:
+class DSRResult(Result):
     """DSR over toxic samples (``overall``, ``scenes``), false refusals over benign ones (``false_refusal``,
-    ``false_refusal_scenes``; None / empty without benign samples), per-sample ``records`` and ``settings``."""
+    ``false_refusal_scenes``; None / empty without benign samples), per-sample ``records`` (saved as
+    ``samples.jsonl``), ``settings``, and ``skipped``: ``{"id", "scene", "reason"}`` of the samples left out at run
+    time (an image that did not decode), counted in no rate."""
+
+    kind = "dsr"
+    samples_field = "records"
 
     overall: Rate
     scenes: dict[str, Rate]
@@ -102,83 +55,45 @@ class DSRResult:
     settings: dict = field(default_factory=dict)
     false_refusal: Rate | None = None
     false_refusal_scenes: dict[str, Rate] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
 
     @classmethod
-    def from_records(cls, records: Sequence[SampleRecord], settings: dict | None = None) -> "DSRResult":
+    def from_records(cls, records: Sequence[SampleRecord], settings: dict | None = None,
+                     skipped: Sequence[dict] = ()) -> "DSRResult":
         toxic = [r for r in records if r.toxic]
         benign = [r for r in records if not r.toxic]
         overall, scenes = dsr_from_verdicts([r.verdict for r in toxic], [r.scene for r in toxic])
         false_refusal, benign_scenes = (None, {})
         if benign:
             false_refusal, benign_scenes = dsr_from_verdicts([r.verdict for r in benign], [r.scene for r in benign])
-        return cls(overall, scenes, list(records), dict(settings or {}), false_refusal, benign_scenes)
-
-    def to_dict(self) -> dict:
-        return {
-            "overall": asdict(self.overall),
-            "scenes": {k: asdict(v) for k, v in self.scenes.items()},
-            "false_refusal": asdict(self.false_refusal) if self.false_refusal else None,
-            "false_refusal_scenes": {k: asdict(v) for k, v in self.false_refusal_scenes.items()},
-            "settings": self.settings,
-            "records": [asdict(r) for r in self.records],
-        }
+        return cls(overall, scenes, list(records), dict(settings or {}), false_refusal, benign_scenes, list(skipped))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DSRResult":
-        return cls(
-            overall=Rate(**data["overall"]),
-            scenes={k: Rate(**v) for k, v in data["scenes"].items()},
-            records=[SampleRecord(**r) for r in data["records"]],
-            settings=data.get("settings", {}),
-            false_refusal=Rate(**data["false_refusal"]) if data.get("false_refusal") else None,
-            false_refusal_scenes={k: Rate(**v) for k, v in data.get("false_refusal_scenes", {}).items()},
-        )
+    def _fields_from_json(cls, fields: dict) -> dict:
+        fields = dict(fields)
+        fields["overall"] = Rate(**fields["overall"])
+        fields["scenes"] = {k: Rate(**v) for k, v in fields["scenes"].items()}
+        fields["records"] = [SampleRecord(**r) for r in fields["records"]]
+        if fields.get("false_refusal") is not None:
+            fields["false_refusal"] = Rate(**fields["false_refusal"])
+        fields["false_refusal_scenes"] = {k: Rate(**v) for k, v in fields.get("false_refusal_scenes", {}).items()}
+        return fields
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+    def figure(self):
+        """Bars per scene with their Wilson intervals, the overall DSR as a line (a ``matplotlib.figure.Figure``)."""
+        from tga_fast.evaluation.plots import dsr_figure
 
-    @classmethod
-    def from_json(cls, text: str | dict) -> "DSRResult":
-        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
-
-    @classmethod
-    def load(cls, path) -> "DSRResult":
-        """From a ``result.json`` or the folder holding it."""
-        path = Path(path)
-        return cls.from_json((path / "result.json" if path.is_dir() else path).read_text(encoding="utf-8"))
-
-    def save(self, out_dir) -> dict[str, Path]:
-        """Writes ``result.json`` and ``figure.png`` into ``out_dir`` (created); returns their paths."""
-        from tga_fast.evaluation.plots import plot_dsr
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"result": out / "result.json", "figure": out / "figure.png"}
-        paths["result"].write_text(self.to_json() + "\n", encoding="utf-8")
-        plot_dsr(self, paths["figure"])
-        return paths
+        return dsr_figure(self)
 
     def summary(self) -> str:
         lines = [f"DSR {self.overall}"]
         lines += [f"  {scene}: {rate}" for scene, rate in self.scenes.items()]
         if self.false_refusal is not None:
             lines.append(f"false refusals (benign) {self.false_refusal}")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} samples skipped (counted in no rate): "
+                         + ", ".join(s["id"] for s in self.skipped[:10]))
         return "\n".join(lines)
-
-
-class _LazyImages(Sequence):
-    """The images of ``samples``, opened only when a batch asks for them."""
-
-    def __init__(self, samples: Sequence[EvalSample]):
-        self.samples = list(samples)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [s.load_image() for s in self.samples[index]]
-        return self.samples[index].load_image()
 
 
 def _judge_request(sample: EvalSample) -> str:
@@ -186,21 +101,15 @@ def _judge_request(sample: EvalSample) -> str:
     return f"{sample.text}\n{sample.prompt}"
 
 
-def _logit_scores(model, processor, prompts, images, judge, *, batch_size, intervention, progress) -> list[float]:
-    from tqdm.auto import tqdm
+def _logit_scores(model, processor, prompts, images, judge, intervention) -> list[float]:
+    """The logit judge's refusal probability of one batch of prompts."""
+    from tga_fast.evaluation.generation import encode_for_model, padded_left
 
-    from tga_fast.evaluation.generation import prompt_batches, encode_for_model, padded_left
-
-    scores: list[float] = []
-    with padded_left(processor), tqdm(total=len(prompts), desc="logit judge", disable=not progress,
-                                      unit="prompt") as bar:
-        for chunk, chunk_images in prompt_batches(prompts, images, batch_size):
-            encoded = encode_for_model(model, processor, chunk, chunk_images)
-            context = intervention(encoded) if intervention is not None else contextlib.nullcontext()
-            with context:
-                scores.extend(judge.scores(model, encoded).tolist())
-            bar.update(len(chunk))
-    return scores
+    with padded_left(processor):
+        encoded = encode_for_model(model, processor, prompts, images)
+        context = intervention(encoded) if intervention is not None else contextlib.nullcontext()
+        with context:
+            return judge.scores(model, encoded).tolist()
 
 
 def evaluate_dsr(
@@ -236,10 +145,14 @@ def evaluate_dsr(
             :func:`~tga_fast.evaluation.generation.generate_responses`.
         settings: extra entries for ``DSRResult.settings`` (the model path, say).
     """
+    from tqdm.auto import tqdm
+
     from tga_fast.evaluation.generation import generate_responses
     from tga_fast.evaluation.judges import KeywordJudge, LogitJudge, is_llm_judge
     from tga_fast.models.prompts import render_prompt
 
+    require_positive(batch_size, "batch_size")
+    require_positive(max_new_tokens, "max_new_tokens")
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     samples = list(samples)
@@ -250,20 +163,40 @@ def evaluate_dsr(
         if missing:
             raise ValueError(f"condition 'image' but {len(missing)} samples have no image: {missing[:10]}")
     judge = KeywordJudge() if judge is None else judge
-    prompts = [s.to_prompt(condition, with_retrieved=with_retrieved, system_prompt=system_prompt) for s in samples]
-    images = _LazyImages(samples) if condition == "image" else None
-    rendered = [render_prompt(processor, p)[0] for p in prompts]
-    scores: list[float | None] = [None] * len(samples)
-    if isinstance(judge, LogitJudge):
-        scores = _logit_scores(model, processor, prompts, images, judge, batch_size=batch_size,
-                               intervention=intervention, progress=progress)
+    logit = isinstance(judge, LogitJudge)
+    done: list[EvalSample] = []
+    asked = []
+    skipped: list[dict] = []
+    responses: list[str] = []
+    scores: list[float | None] = []
+    with tqdm(total=len(samples), desc="DSR", disable=not progress, unit="prompt") as bar:
+        for start in range(0, len(samples), batch_size):
+            chunk, images = samples[start : start + batch_size], None
+            if condition == "image":  # an image that does not decode is a skipped sample, not the end of the run
+                chunk, images, failed = load_images(chunk)
+                skipped += failed
+            prompts = [s.to_prompt(condition, with_retrieved=with_retrieved, system_prompt=system_prompt)
+                       for s in chunk]
+            if prompts and logit:
+                scores += _logit_scores(model, processor, prompts, images, judge, intervention)
+            elif prompts:
+                responses += generate_responses(
+                    model, processor, prompts, images, batch_size=len(prompts), max_new_tokens=max_new_tokens,
+                    generation_kwargs=generation_kwargs, intervention=intervention, progress=False,
+                )
+            done += chunk
+            asked += prompts
+            bar.update(min(batch_size, len(samples) - start))
+    if not done:
+        raise ValueError(f"none of the {len(samples)} samples could be evaluated: "
+                         + "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3]))
+    samples = done
+    rendered = [render_prompt(processor, prompt)[0] for prompt in asked]
+    if logit:
         responses = [""] * len(samples)
         verdicts = [s >= judge.threshold for s in scores]
     else:
-        responses = generate_responses(
-            model, processor, prompts, images, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            generation_kwargs=generation_kwargs, intervention=intervention, progress=progress, desc="DSR",
-        )
+        scores = [None] * len(samples)
         if is_llm_judge(judge):
             verdicts = judge([_judge_request(s) for s in samples], responses)
         else:
@@ -293,7 +226,7 @@ def evaluate_dsr(
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         **(settings or {}),
     }
-    return DSRResult.from_records(records, run_settings)
+    return DSRResult.from_records(records, run_settings, skipped)
 
 
 def _is_json(value) -> bool:

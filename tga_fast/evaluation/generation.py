@@ -8,6 +8,7 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
+from tga_fast.errors import require_positive
 from tga_fast.models.processors import context_length, image_token_id_of
 from tga_fast.models.prompts import EncodedPrompts, Prompt, encode_prompts
 
@@ -131,10 +132,8 @@ def generate_responses(
             inside the context manager it returns, e.g. ``lambda e: knockout(model, blocks, e.marked)``.
         progress: a tqdm bar over the prompts.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    require_positive(batch_size, "batch_size")
+    require_positive(max_new_tokens, "max_new_tokens")
     prompts = list(prompts)
     if not prompts:
         return []

@@ -1,20 +1,19 @@
 """The DSR figure: one bar per scene with its Wilson 95% interval, the overall DSR as a line with its band, and
-the benign false-refusal rate as a grey bar when the set has benign samples."""
+the benign false-refusal rate as a grey bar when the set has benign samples.
+
+Drawn with matplotlib's object API (a ``Figure`` that pyplot never sees): no backend is chosen or switched, so a
+notebook's inline backend is left as it was, and nothing needs closing.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from matplotlib.figure import Figure
 
-__all__ = ["plot_dsr"]
+__all__ = ["dsr_figure"]
 
 
-def plot_dsr(result, path, *, title: str | None = None) -> Path:
-    """Draws ``result`` (a :class:`~tga_fast.evaluation.dsr.DSRResult`) into the PNG ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def dsr_figure(result, *, title: str | None = None) -> Figure:
+    """The figure of ``result`` (a :class:`~tga_fast.evaluation.dsr.DSRResult`)."""
     names = list(result.scenes)
     rates = [result.scenes[n] for n in names]
     colors = ["tab:blue"] * len(names)
@@ -25,7 +24,8 @@ def plot_dsr(result, path, *, title: str | None = None) -> Path:
     heights = [r.rate or 0.0 for r in rates]
     errors = [[h - r.low for h, r in zip(heights, rates)], [r.high - h for h, r in zip(heights, rates)]]
 
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 3.6), dpi=120)
+    figure = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 3.6), dpi=120)
+    axes = figure.subplots()
     positions = range(len(names))
     axes.bar(positions, heights, yerr=errors, capsize=4, color=colors, alpha=0.85)
     for x, rate in zip(positions, rates):
@@ -45,7 +45,4 @@ def plot_dsr(result, path, *, title: str | None = None) -> Path:
     axes.set_title(title or f"DSR, {settings.get('condition', '?')} condition"
                    + (" + retrieved text" if settings.get("with_retrieved") else ""), fontsize=9)
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, format="png")
-    plt.close(figure)
-    return path
+    return figure

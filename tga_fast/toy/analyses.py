@@ -62,7 +62,7 @@ def text_llm_analyses(llm, tokenizer, samples, width: int, out: Path | None = No
                            **options)
     if out is not None:
         for name, result in (("3a_safety_layers", safety), ("3b_attention_share", share), ("3c_knockout", knock)):
-            result.save(out / name)
+            result.save(out / name, overwrite=True)
     knockout = {"none": knock.baseline["rate"]}
     knockout.update({f"{a}-{b}": r["rate"] for (a, b), r in zip(knock.windows, knock.knockout)})
     skipped = {f"{a}-{b}": r["rate"] for (a, b), r in zip(knock.windows, knock.skip)}
@@ -92,15 +92,15 @@ def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, o
         "clip_cosine": similarity.clip_cosine_mean,
     }
     if out is not None:
-        similarity.save(out / "3d_modality_similarity")
-        with_retrieved.save(out / "3d_modality_similarity_with_retrieved")
+        similarity.save(out / "3d_modality_similarity", overwrite=True)
+        with_retrieved.save(out / "3d_modality_similarity_with_retrieved", overwrite=True)
     if steering:
         steer = steering_sweep(model, processor, samples, window=width, max_new_tokens=10, batch_size=64,
                                progress=False)
         result["steering"] = {"none": steer.baseline["rate"]}
         result["steering"].update({f"{a}-{b}": r["rate"] for (a, b), r in zip(steer.windows, steer.steered)})
         if out is not None:
-            steer.save(out / "3e_steering")
+            steer.save(out / "3e_steering", overwrite=True)
         result["steering_input"] = steering_from_input(model, processor, samples, (0,))
     return result
 

@@ -5,9 +5,9 @@ text, and answer accuracy (an exact match with the world's answer).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from tga_fast.evaluation import KeywordJudge, Rate, dsr_from_verdicts, generate_responses
+from tga_fast.evaluation import KeywordJudge, Rate, dsr_from_verdicts, generate_responses, rate_dict
 from tga_fast.models.prompts import Prompt
 from tga_fast.toy.world import World
 
@@ -26,13 +26,6 @@ def accuracy(responses, answers) -> Rate:
     """Exact-match rate (word sequences compared, so spacing differences do not count)."""
     hits = sum(r.split() == a.split() for r, a in zip(responses, answers))
     return Rate.of(hits, len(answers))
-
-
-def rate_dict(rate: Rate, count: str = "refused") -> dict:
-    """A Rate as JSON; ``count`` names the counted outcome ("refused", or "correct" for an accuracy)."""
-    data = asdict(rate)
-    data[count] = data.pop("refused")
-    return data
 
 
 @dataclass

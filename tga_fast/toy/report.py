@@ -18,19 +18,17 @@ FIGURES = {
 }
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(figsize):
+    """A figure and its axes by matplotlib's object API: no backend is switched, nothing needs closing."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def plot_curve(path, curves: dict, xlabel: str, ylabel: str, title: str, shade=None, xs=None, reference=None):
     """Per-layer curves; ``shade`` = (first, last) layers to highlight; ``reference`` = (label, y) horizontal line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = _subplots((6.4, 3.8))
     for label, ys in curves.items():
         ax.plot(xs or list(range(len(ys))), ys, marker="o", label=label)
     if reference is not None and reference[1] is not None:
@@ -42,14 +40,12 @@ def plot_curve(path, curves: dict, xlabel: str, ylabel: str, title: str, shade=N
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_bars(path, groups: dict, ylabel: str, title: str):
     """``groups``: {series: {category: value}}; one bar per series in each category."""
-    plt = _pyplot()
     categories = list(next(iter(groups.values())))
-    fig, ax = plt.subplots(figsize=(min(11.0, max(5.2, 0.35 * len(categories) * len(groups))), 3.6))
+    fig, ax = _subplots((min(11.0, max(5.2, 0.35 * len(categories) * len(groups))), 3.6))
     width = 0.8 / len(groups)
     for i, (series, values) in enumerate(groups.items()):
         xs = [c + i * width for c in range(len(categories))]
@@ -60,7 +56,6 @@ def plot_bars(path, groups: dict, ylabel: str, title: str):
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_figures(out: Path, result: dict) -> None:

@@ -1,0 +1,74 @@
+"""Refusal rates with their Wilson 95% intervals: the one :class:`Rate`, its JSON form (:func:`rate_dict`) and the
+per-scene count of verdicts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = ["Rate", "dsr_from_verdicts", "rate_dict", "wilson_interval"]
+
+Z95 = 1.9599639845400536  # the standard normal's 97.5% quantile, statistics.NormalDist().inv_cdf(0.975)
+
+
+def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; ``(0.0, 1.0)`` when ``total`` is 0.
+
+    center = (p + z^2/2n) / (1 + z^2/n),  half width = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2).
+    """
+    if total < 0 or not 0 <= successes <= total:
+        raise ValueError(f"need 0 <= successes <= total, got successes={successes}, total={total}")
+    if total == 0:
+        return 0.0, 1.0
+    p, n, z2 = successes / total, total, z * z
+    denominator = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # At p = 0 or 1 a bound is exactly 0 or 1; rounding would put it a hair inside and exclude p itself.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == total else min(1.0, center + half)
+    return low, high
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``refused`` of ``total`` (``rate`` None when ``total`` is 0) with the Wilson 95% interval [low, high]."""
+
+    refused: int
+    total: int
+    rate: float | None
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, refused: int, total: int) -> "Rate":
+        low, high = wilson_interval(refused, total)
+        return cls(int(refused), int(total), refused / total if total else None, low, high)
+
+    def __str__(self) -> str:
+        if self.rate is None:
+            return "n/a (0 samples)"
+        return f"{self.rate:.3f} [{self.low:.3f}, {self.high:.3f}] ({self.refused}/{self.total})"
+
+
+def rate_dict(rate: Rate, count: str = "refused") -> dict:
+    """``rate`` as a JSON dict ``{"refused", "total", "rate", "low", "high"}``; ``count`` renames the counted
+    outcome ("correct" for an accuracy)."""
+    data = {"refused": rate.refused, "total": rate.total, "rate": rate.rate, "low": rate.low, "high": rate.high}
+    if count != "refused":
+        data = {(count if key == "refused" else key): value for key, value in data.items()}
+    return data
+
+
+def dsr_from_verdicts(verdicts: Sequence[bool], scenes: Sequence[str]) -> tuple[Rate, dict[str, Rate]]:
+    """``(overall, per scene)`` refusal rates of aligned verdicts (True = refused) and scene names; scenes sorted."""
+    if len(verdicts) != len(scenes):
+        raise ValueError(f"{len(verdicts)} verdicts but {len(scenes)} scenes")
+    counts: dict[str, list[int]] = {}
+    for verdict, scene in zip(verdicts, scenes):
+        count = counts.setdefault(scene, [0, 0])
+        count[0] += bool(verdict)
+        count[1] += 1
+    overall = Rate.of(sum(bool(v) for v in verdicts), len(verdicts))
+    return overall, {scene: Rate.of(*counts[scene]) for scene in sorted(counts)}
