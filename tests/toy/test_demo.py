@@ -16,7 +16,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def test_outputs_have_the_report_structure(quick_demo):
     out, result = quick_demo
     saved = json.loads((out / "result.json").read_text())
-    assert set(saved) >= {"world", "text_llm", "vision", "lvlm", "targets", "timings", "tried", "target_layers"}
+    assert set(saved) >= {"world", "text_llm", "vision", "lvlm", "targets", "timings", "tried", "target_layers",
+                          "environment"}
+    # What the numbers depend on beyond the seed (README: spread across machines).
+    assert {"torch", "transformers", "cpu_capability", "torch_threads"} <= set(saved["environment"])
+    assert saved["environment"]["torch_threads"] == torch.get_num_threads()
     assert set(saved["lvlm"]) == {"baseline", "tga_paper", "tga"}
     for method in ("baseline", "tga_paper", "tga"):
         for condition in ("without_retrieved", "with_retrieved"):
@@ -25,7 +29,8 @@ def test_outputs_have_the_report_structure(quick_demo):
             assert 0.0 <= scores["dsr"]["rate"] <= 1.0 and scores["dsr"]["total"] > 0
         assert len(saved["lvlm"][method]["similarity"]) == saved["configs"]["text_llm"]["layers"] + 1
     report = (out / "report.md").read_text()
-    for heading in ("## DSR on toxic images", "## Targets", "## What we tried", "located safety layers"):
+    for heading in ("## DSR on toxic images", "## Targets", "## What we tried", "located safety layers",
+                    "## What these numbers depend on"):
         assert heading in report
     for name in FIGURES.values():
         png = (out / name).read_bytes()
@@ -45,7 +50,7 @@ def test_second_run_loads_the_cache_and_reproduces_the_measurements(quick_demo, 
 
 def _same(a, b, path="") -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = (set(a) | set(b)) - {"timings"}
+        keys = (set(a) | set(b)) - {"timings", "environment"}
         return all(_same(a.get(k), b.get(k), f"{path}/{k}") for k in keys)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tga_fast.results import environment
 from tga_fast.toy.alignment import AlignConfig, align
 from tga_fast.toy.analyses import DualEncoderSide, lvlm_analyses, text_llm_analyses, write_eval_set
 from tga_fast.toy.assemble import assemble_llava, image_processor, load_lvlm, save_lvlm
@@ -198,6 +199,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, cache=None, progress: bool
     del timings["report"]  # the report's own time (figures, about a second) is not in the file it is written to
     timings["total"] = time.perf_counter() - start
     result["timings"] = timings
+    result["environment"] = environment()  # threads, instruction sets, versions: what these numbers depend on
     save(out, result)
     stages.update(1)
     stages.close()
