@@ -21,6 +21,7 @@ def llava_dir(tmp_path_factory):
     return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), layers=2)
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_analyze_in_a_subprocess(llava_dir, eval_file, tmp_path):
     out = tmp_path / "safety"
     command = [sys.executable, "-m", "tga_fast.cli", "analyze", "safety_layers", "--model", str(llava_dir),
@@ -34,6 +35,7 @@ def test_analyze_in_a_subprocess(llava_dir, eval_file, tmp_path):
     assert (out / "figure.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # builds and saves a CLIP tower too (3 s)
 def test_analyze_in_process_with_clip(llava_dir, eval_file, tmp_path):
     from tests.retrieval.conftest import build_tiny_clip
 

@@ -78,6 +78,7 @@ def test_an_image_that_breaks_during_the_run_is_a_skipped_sample(llava, tmp_path
     assert steered.baseline["total"] == 3 and "pills" in [s["id"] for s in steered.skipped]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_no_backend_is_switched(tmp_path):
     """Importing the analyses and evaluation, and saving their figures, leaves a user's backend as it was."""
     script = textwrap.dedent(f"""

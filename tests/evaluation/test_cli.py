@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.evaluation.conftest import write_eval_set
 from tga_fast.evaluation import DSRResult
 
@@ -16,6 +18,7 @@ def _run(*args):
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_eval_dsr(llava_dir, tmp_path):
     data = write_eval_set(tmp_path / "data", extra_lines=['{"broken'])
     out = tmp_path / "out"

@@ -51,6 +51,7 @@ def test_clear_errors(tmp_path):
             load_model(tmp_path, device="cuda")
 
 
+@pytest.mark.slow  # bitsandbytes 4-bit load and save
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 def test_4bit_keeps_vision_projector_and_head(llava_dir):
     try:

@@ -52,12 +52,14 @@ print(serving_implementation("segment_cosine", "cpu"), serving_implementation("s
 """
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_backend_reference_forces_the_reference():
     result = run_python(PROBE, TGA_FAST_BACKEND="reference", TGA_FAST_STRICT="1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["reference", "reference"]
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.skipif(not CPP_EXPECTED, reason="TGA_FAST_SKIP_CPP_BUILD is set")
 def test_default_backend_serves_cpp():
     result = run_python(PROBE, TGA_FAST_STRICT="yes")
@@ -68,6 +70,7 @@ def test_default_backend_serves_cpp():
 MISSING_EXTENSION = "import sys; sys.modules['tga_fast._C'] = None\n"  # makes `import tga_fast._C` fail
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_strict_turns_a_fallback_into_an_error():
     result = run_python(MISSING_EXTENSION + PROBE, TGA_FAST_STRICT="on")
     assert result.returncode != 0
@@ -75,12 +78,14 @@ def test_strict_turns_a_fallback_into_an_error():
     assert "tga_fast._C" in result.stderr  # the reason names what is missing
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_without_strict_a_missing_extension_falls_back_silently():
     result = run_python(MISSING_EXTENSION + PROBE, TGA_FAST_STRICT="0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["reference", "reference"]
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_bad_setting_names_the_variable():
     result = run_python("import tga_fast", TGA_FAST_STRICT="maybe")
     assert result.returncode != 0 and "TGA_FAST_STRICT='maybe'" in result.stderr
@@ -93,6 +98,7 @@ def test_parse_bool_is_lenient(text, expected):
     assert parse_bool(text) is expected
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_reference_mode_passes_opcheck():
     code = """
     import torch, tga_fast
@@ -109,6 +115,7 @@ def test_reference_mode_passes_opcheck():
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize("command", [["-m", "tga_fast", "env"], ["-m", "tga_fast.cli", "env"]])
 def test_env_command_reports_dispatch(command):
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
@@ -119,6 +126,7 @@ def test_env_command_reports_dispatch(command):
         assert "cpu   cpp     available" in result.stdout
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_triton_kernels_register_for_cuda_where_a_triton_module_exists():
     """With the CUDA backend reported available, every op with a Triton kernel gets a CUDA registration, the
     reference-only backwards none (checked in a fresh process: registration is global)."""

@@ -10,7 +10,8 @@ import torch
 
 from tga_fast.toy.report import FIGURES
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# slow: trains the quick world (about a minute).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def test_outputs_have_the_report_structure(quick_demo):

@@ -34,7 +34,11 @@ from tests.training.train_helpers import (
     write_data,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+# slow: two-process DeepSpeed/DDP runs (10-25 s each).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"),
+]
 
 # The shared-memory op DeepSpeed compiles at init on a CPU (about 30 s) is not needed with gloo.
 ENTRY = """

@@ -31,6 +31,7 @@ train(*parse_config(sys.argv[1:]), callbacks=[KillAfterSave()])
 """
 
 
+@pytest.mark.slow  # a training subprocess killed and resumed
 def test_killed_run_resumes_with_the_same_losses(tmp_path):
     from tga_fast.training.train import main
 

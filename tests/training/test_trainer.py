@@ -132,6 +132,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(files, tmp_path):
     torch.testing.assert_close(layers_ckpt, layers, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # several full training steps
 def test_gradient_accumulation_matches_one_big_batch(files, tmp_path):
     """Batch 4 in one step == batch 2 twice with accumulation: the same loss, the same t for both micro-batches
     (t = optimizer step / max_steps), hence the same terms, cosines and update (SGD: the update is the gradient)."""
@@ -175,6 +176,7 @@ def test_teacher_pass_restores_every_modules_mode(files, tmp_path):
         hook.remove()
 
 
+@pytest.mark.slow  # several full training steps
 def test_bf16_autocast_step(files, tmp_path):
     """bf16 autocast (teacher and student passes): the first step's loss and terms are fp32's within bf16 error."""
     runs = {}
