@@ -131,7 +131,7 @@ def test_attention_share_agrees_with_eager_output_attentions(llava, samples, tmp
     assert processor.tokenizer.padding_side == "right"  # the analysis pads on the left, then restores the side
     toxic = [s for s in samples if s.toxic and s.toxic_ranges]
     assert [s["id"] for s in result.samples] == TOXIC_WITH_MARKS == [s.id for s in toxic]
-    assert result.layers == [1, 2, 3, 4]
+    assert result.blocks == [1, 2, 3, 4]
     expected, expected_uniform = [], []
     with torch.no_grad(), eager(model):
         for encoded in one_by_one(processor, model, [s.to_prompt("text") for s in toxic]):
@@ -229,7 +229,7 @@ def test_other_families(samples, family, backbone):
     lens = safety_layers(model, processor, samples, batch_size=2, progress=False)
     share = attention_share(model, processor, samples, batch_size=2, progress=False)
     similarity = modality_similarity(model, processor, samples, batch_size=2, progress=False)
-    assert len(lens.refusal_mass_mean) == 3 and share.layers == [1, 2] and len(similarity.cosine_mean) == 3
+    assert len(lens.refusal_mass_mean) == 3 and share.blocks == [1, 2] and len(similarity.cosine_mean) == 3
     assert all(s["image_tokens"] > 0 for s in similarity.samples)
     assert all(-1.0 <= c <= 1.0 for s in similarity.samples for c in s["cosine"])
     assert all(0.0 <= v <= 1.0 for s in share.samples for v in s["share"])

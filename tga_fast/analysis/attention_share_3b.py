@@ -27,11 +27,12 @@ __all__ = ["AttentionShareResult", "attention_share"]
 
 @dataclass
 class AttentionShareResult(AnalysisResult):
-    """Per-layer attention share of the last prompt token on the toxic tokens.
+    """Per-block attention share of the last prompt token on the toxic tokens.
 
     Attributes:
-        layers: decoder blocks ``[1, ..., N]`` (block k produces ``hidden_states[k]``, HF numbering).
-        share_mean, share_std: per layer over samples (each sample's share averaged over heads).
+        blocks: decoder blocks ``[1, ..., N]`` (block k produces ``hidden_states[k]``, HF numbering); every other
+            per-block list is aligned with it.
+        share_mean, share_std: per block over samples (each sample's share averaged over heads).
         share_q10, share_q90: per layer, the 10th and 90th percentile over samples.
         uniform_share_mean: over samples, |C| / (number of keys the last token sees): the share if attention
             were uniform, a reference level for the curve.
@@ -43,7 +44,7 @@ class AttentionShareResult(AnalysisResult):
 
     kind = "attention_share"
 
-    layers: list
+    blocks: list
     share_mean: list
     share_std: list
     share_q10: list
@@ -78,7 +79,7 @@ def attention_share(
     from tga_fast.models import attention_shares
 
     parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_marks=True)
-    layers = list(range(1, parts.num_layers + 1))
+    blocks = list(range(1, parts.num_layers + 1))
     per_sample = []
     for batch_samples, _ in Batches(kept, batch_size, desc="attention share", progress=progress):
         prompts = [s.to_prompt("text", with_retrieved=with_retrieved, system_prompt=system_prompt)
@@ -86,7 +87,7 @@ def attention_share(
         encoded = encode(model, processor, prompts)
         last = encoded.last_positions  # [b]
         with torch.no_grad():
-            with attention_shares(model, encoded.marked, last[:, None], blocks=layers) as probe:
+            with attention_shares(model, encoded.marked, last[:, None], blocks=blocks) as probe:
                 model(**encoded.batch, use_cache=False, logits_to_keep=1)
             share = probe.share[..., 0].float().cpu()  # [N, b, H]
         mask = encoded.batch["attention_mask"].bool()
@@ -108,7 +109,7 @@ def attention_share(
     quantiles = torch.quantile(rows, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
     uniform = sum(s["toxic_tokens"] / s["visible_tokens"] for s in per_sample) / len(per_sample)
     return AttentionShareResult(
-        layers=layers,
+        blocks=blocks,
         share_mean=mean,
         share_std=std,
         share_q10=quantiles[0].tolist(),

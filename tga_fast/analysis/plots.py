@@ -56,7 +56,7 @@ def plot_attention_share(result):
     """Head-averaged attention share of the last token on the toxic tokens per layer: mean, 10-90% band, and the
     uniform-attention level."""
     fig, ax = _axes()
-    _band(ax, result.layers, result.share_mean, result.share_q10, result.share_q90,
+    _band(ax, result.blocks, result.share_mean, result.share_q10, result.share_q90,
           "share on toxic tokens (mean, 10-90%)", "tab:purple")
     ax.axhline(result.uniform_share_mean, color="gray", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("decoder block (produces hidden_states[k])")

@@ -26,6 +26,7 @@ from tga_fast.analysis.options import AnalysisOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
 from tga_fast.models.lens import logit_lens
+from tga_fast.models.processors import tokenizer_of
 
 __all__ = ["SafetyLayersOptions", "SafetyLayersResult", "locate_safety_layers", "safety_layers",
            "summarize_safety_layers"]
@@ -150,7 +151,7 @@ def safety_layers(
     if condition not in ("text", "image"):
         raise ValueError(f"condition must be 'text' or 'image', got {condition!r}")
     parts, kept, skipped = prepare(model, samples, batch_size, toxic_only=True, need_image=condition == "image")
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer, tuple(refusal_starts or REFUSAL_STARTS))
     refusal_ids = sorted({int(i) for i in refusal_ids})

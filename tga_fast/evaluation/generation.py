@@ -9,7 +9,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from tga_fast.errors import require_positive
-from tga_fast.models.processors import context_length, image_token_id_of
+from tga_fast.models.processors import context_length, image_token_id_of, tokenizer_of
 from tga_fast.models.prompts import EncodedPrompts, Prompt, encode_prompts
 
 __all__ = [
@@ -65,7 +65,7 @@ def batch_to_model(batch, model) -> dict:
 def padded_left(processor):
     """The tokenizer pads on the left (generation appends at the right end of every row) and has a pad token
     (its EOS when it has none, as Llama / Mistral tokenizers); both are restored on exit."""
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if pad is None:

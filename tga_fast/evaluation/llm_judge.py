@@ -10,7 +10,8 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 
 from tga_fast.evaluation.keyword_judge import KeywordJudge
-from tga_fast.evaluation.logit_judge import LogitJudge, _tokenizer_of, first_token_ids
+from tga_fast.evaluation.logit_judge import LogitJudge, first_token_ids
+from tga_fast.models.processors import tokenizer_of
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "HFModelJudge", "LLMJudge", "is_llm_judge"]
 
@@ -65,7 +66,7 @@ class HFModelJudge:
             raise ValueError("template must contain {prompt} and {response}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer = model, _tokenizer_of(tokenizer)
+        self.model, self.tokenizer = model, tokenizer_of(tokenizer)
         self.template, self.batch_size = template, batch_size
         self.yes_ids = first_token_ids(self.tokenizer, ("yes", "Yes"))
         self.no_ids = first_token_ids(self.tokenizer, ("no", "No"))

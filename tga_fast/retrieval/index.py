@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from tga_fast.files import atomic_write, write_json
+from tga_fast.files import atomic_write, read_jsonl, write_json
 from tga_fast.retrieval import faiss_backend
 from tga_fast.retrieval.brute_force import brute_force_search, canonical_order
 from tga_fast.retrieval.cpu_choice import MeasuredChoice, static_choice
@@ -325,7 +325,11 @@ class Index:
                              f"expected {FORMAT!r} v{FORMAT_VERSION}")
         texts = ids = None
         if meta["has_texts"] or meta["has_ids"]:
-            rows = [json.loads(line) for line in open(directory / "corpus.jsonl", encoding="utf-8")]
+            rows = []
+            for line in read_jsonl(directory / "corpus.jsonl"):
+                if not line.ok:
+                    raise ValueError(f"{directory / 'corpus.jsonl'} {line.where}: {line.error}")
+                rows.append(line.value)
             if len(rows) != meta["ntotal"]:
                 raise ValueError(f"corpus.jsonl has {len(rows)} rows, index.json says {meta['ntotal']}")
             texts = [r["text"] for r in rows] if meta["has_texts"] else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from tga_fast.models.processors import tokenizer_of
 from tga_fast.models.prompts import Prompt, encode_prompts
 
 IGNORE = -100
@@ -44,7 +45,7 @@ class Encoder:
 
     def __init__(self, processor, image_token_id=None, pixel_values=None, probe_image=None):
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.image_token_id = image_token_id
         self.pixel_values = pixel_values
         self.probe_image = probe_image

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from tga_fast.models.processors import tokenizer_of
 from tga_fast.training.conversation import IGNORE_INDEX, EncodedSample
 from tga_fast.training.data import DroppedSample
 
@@ -49,7 +50,7 @@ class TGACollator:
     def __init__(self, processor, *, pad_to_multiple_of: int | None = None):
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of}")
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.pad_to_multiple_of = pad_to_multiple_of
         pad = self.tokenizer.pad_token_id
         if pad is None:  # the value under a zero attention mask never matters; LLaMA tokenizers have no pad
