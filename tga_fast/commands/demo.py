@@ -6,6 +6,12 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tga_fast.errors import UserError, require_positive
+
+    # Checked here, before minutes of training: a seed numpy rejects deep inside, or a thread count of 0.
+    require_positive(args.threads, "--threads")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     from tga_fast.toy.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, cache=args.cache, threads=args.threads)
