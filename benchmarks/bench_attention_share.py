@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -91,18 +89,8 @@ def peak_memory(provider: str, shape: str, dtype_name: str) -> int | None:
     device = device_of(provider)
     if device == "cuda":
         return measure.peak_memory_here(workload(provider, SHAPES[shape], measure.DTYPES[dtype_name]), device)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     args = ["--provider", provider, "--shape", shape, "--dtype", dtype_name]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_attention_share", *args],
-        cwd=measure.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"peak-memory probe failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return measure.peak_memory_in_fresh_process("benchmarks.bench_attention_share", args)
 
 
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])

@@ -135,11 +135,16 @@ def peak_memory(name: str, provider: str, shape: str, mode: str, dtype: str) -> 
     if providers.device_of(provider) == "cuda":
         run, _ = workload(name, provider, SHAPES[shape], mode, DTYPES[dtype])
         return peak_memory_here(run, "cuda")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     args = ["--workload", name, "--provider", provider, "--shape", shape, "--mode", mode, "--dtype", dtype]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.measure", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    return peak_memory_in_fresh_process("benchmarks.measure", args)
+
+
+def peak_memory_in_fresh_process(module: str, args: list[str]) -> int:
+    """Runs ``python -m module *args`` (a bench's ``main``, which prints ``{"peak_bytes": N}`` last) and returns N:
+    a fresh process, so that what earlier benchmarks allocated does not hide this one's peak RSS."""
+    # Large blocks via mmap: freed memory goes back to the OS, so VmHWM measures this run's peak.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"peak-memory probe failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]

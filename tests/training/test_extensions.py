@@ -7,11 +7,10 @@ import json
 import logging
 
 import pytest
-import torch
 
 from tests.training.make_data import write_llava_data
 from tests.training.test_trainer import make_trainer
-from tests.training.train_helpers import IMAGE_SAMPLES, base_args
+from tests.training.train_helpers import base_args
 from tga_fast.models import resolve
 from tga_fast.training.config import TGAConfig
 

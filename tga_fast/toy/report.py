@@ -118,7 +118,7 @@ def write_report(out: Path, result: dict) -> None:
         f"- 3A located safety layers (logit lens, [min start, max end]): **{text['safety_layers']['range']}**; "
         f"start layers {sorted(set(text['safety_layers']['starts']))}, not found "
         f"{_pct(text['safety_layers']['start_not_found'])}",
-        f"- 3C knockout of attention to the toxic word, DSR per window of blocks: "
+        "- 3C knockout of attention to the toxic word, DSR per window of blocks: "
         + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout"].items()),
         f"- vision encoder: image -> caption retrieval top-1 on fresh images {_pct(result['vision']['retrieval_top1'])}",
         "",
