@@ -9,13 +9,15 @@ __all__ = ["resolve_inside"]
 
 
 def resolve_inside(folder: str | os.PathLike, relative: str | os.PathLike, *, what: str = "path") -> Path:
-    """``folder / relative`` resolved (symlinks and ``..`` followed); a ``ValueError`` naming ``what`` when the
-    result lies outside ``folder`` (``../../etc/passwd``, an absolute path elsewhere).
+    """``folder / relative`` as an absolute path; a ``ValueError`` naming ``what`` when it lies outside ``folder``
+    (``../../etc/passwd``, an absolute path elsewhere).
 
-    A data file names files relative to its image folder; one that escapes it is a bad record, not a file to read.
+    The check is on the path as written (``..`` folded, symlinks not followed): a data file names files relative to
+    its image folder, and one that climbs out of it is a bad record, while a symlink the user placed inside the
+    folder (``images -> /mnt/disk/images``, common for large data sets) is theirs to make and is kept.
     """
-    root = Path(folder).resolve()
-    target = (root / relative).resolve()
+    root = Path(os.path.abspath(folder))
+    target = Path(os.path.normpath(root / relative))  # an absolute ``relative`` replaces root here
     if target != root and root not in target.parents:
         raise ValueError(f"{what} {str(relative)!r} lies outside {root}")
     return target
