@@ -12,6 +12,9 @@ from tga_fast.ops import BACKENDS
 from tga_fast.ops._error_budget import FLOOR, assert_within_budget, max_error  # noqa: F401  (the tests' budget)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# opcheck over every dtype: fp32 in the fast loop, the half precisions (the same registrations, 0.5 s each) in
+# `make test` only.
+OPCHECK_DTYPES = (torch.float32, *(pytest.param(d, marks=pytest.mark.slow) for d in DTYPES[1:]))
 
 
 def random_spans(batch: int, count: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
