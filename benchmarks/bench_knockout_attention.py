@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import pytest
 import torch
@@ -88,13 +87,11 @@ def workload(provider: str, shape: AttentionShape, dtype: torch.dtype):
 
 def peak_memory(provider: str, shape: str, dtype_name: str) -> int | None:
     """Peak bytes of one forward: in-process on CUDA, in a fresh process on the CPU (see benchmarks.measure)."""
-    if os.environ.get("TGA_FAST_BENCH_MEMORY", "1") == "0":
-        return None
-    device = device_of(provider)
-    if device == "cuda":
-        return measure.peak_memory_here(workload(provider, SHAPES[shape], measure.DTYPES[dtype_name]), device)
     args = ["--provider", provider, "--shape", shape, "--dtype", dtype_name]
-    return measure.peak_memory_in_fresh_process("benchmarks.bench_knockout_attention", args)
+    return measure.probe_peak_memory(
+        "benchmarks.bench_knockout_attention", args, device_of(provider),
+        lambda: workload(provider, SHAPES[shape], measure.DTYPES[dtype_name]),
+    )
 
 
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])

@@ -130,13 +130,22 @@ def peak_memory_here(run, device: str) -> int:
 
 def peak_memory(name: str, provider: str, shape: str, mode: str, dtype: str) -> int | None:
     """Peak memory of one workload: in-process on CUDA, in a fresh process on the CPU. None if unmeasurable."""
+    args = ["--workload", name, "--provider", provider, "--shape", shape, "--mode", mode, "--dtype", dtype]
+    return probe_peak_memory(
+        "benchmarks.measure", args, providers.device_of(provider),
+        lambda: workload(name, provider, SHAPES[shape], mode, DTYPES[dtype])[0],
+    )
+
+
+def probe_peak_memory(module: str, args: list[str], device: str, make_run) -> int | None:
+    """Peak bytes of one run of a bench's workload: ``make_run()`` in this process on CUDA (the allocator's
+    counter is exact), ``python -m module *args`` in a fresh process on the CPU; None when
+    ``TGA_FAST_BENCH_MEMORY=0``."""
     if os.environ.get("TGA_FAST_BENCH_MEMORY", "1") == "0":
         return None
-    if providers.device_of(provider) == "cuda":
-        run, _ = workload(name, provider, SHAPES[shape], mode, DTYPES[dtype])
-        return peak_memory_here(run, "cuda")
-    args = ["--workload", name, "--provider", provider, "--shape", shape, "--mode", mode, "--dtype", dtype]
-    return peak_memory_in_fresh_process("benchmarks.measure", args)
+    if device == "cuda":
+        return peak_memory_here(make_run(), device)
+    return peak_memory_in_fresh_process(module, args)
 
 
 def peak_memory_in_fresh_process(module: str, args: list[str]) -> int:
