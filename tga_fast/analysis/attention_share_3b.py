@@ -69,6 +69,7 @@ def attention_share(
     progress: bool = True,
     with_retrieved: bool = False,
     system_prompt: str | None = None,
+    cluster_by: str = "concept",
 ) -> AttentionShareResult:
     """Measures, for each toxic sample as text (``to_prompt("text")``, toxic words marked), the last prompt
     token's attention share on the marked tokens at every decoder block; one forward per batch.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from tga_fast.analysis.options import JUDGES, AnalysisOptions, option
+from tga_fast.analysis.options import JudgeOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, block_windows, outcome_rows
 
@@ -71,6 +71,7 @@ def knockout_sweep(
     generation_kwargs: dict | None = None,
     with_retrieved: bool = False,
     system_prompt: str | None = None,
+    cluster_by: str = "concept",
 ) -> KnockoutSweepResult:
     """DSR of the toxic text requests per window of knocked-out (or skipped) decoder blocks.
 
@@ -147,14 +148,12 @@ def knockout_sweep(
 
 
 @dataclass(frozen=True)
-class KnockoutSweepOptions(AnalysisOptions):
+class KnockoutSweepOptions(JudgeOptions):
     """The options of :func:`knockout_sweep` beyond the common ones."""
 
     window: int = option(5, "decoder blocks per window", positive=True)
     variants: tuple = option(VARIANTS, "knockout = attention to the toxic tokens blocked; skip = whole blocks "
                              "skipped", choices=VARIANTS, many=True)
-    judge: str = option("keyword", "keyword = GCG refusal phrases in the generated answer; logit = refusal-token "
-                        "probability mass at the first answer position (no generation)", choices=JUDGES)
     max_new_tokens: int = option(64, "generation length", positive=True)
 
 

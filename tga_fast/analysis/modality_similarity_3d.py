@@ -97,6 +97,7 @@ def modality_similarity(
     clip=None,
     with_retrieved: bool = False,
     system_prompt: str | None = None,
+    cluster_by: str = "concept",
 ) -> ModalitySimilarityResult:
     """Per-layer cosine of the pooled image tokens (image prompt) and pooled text tokens (text prompt, no image)
     for every sample (toxic or benign: the pairs only need the same meaning); two forwards per batch.

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["AnalysisOptions", "make_judge", "option"]
+__all__ = ["AnalysisOptions", "JudgeOptions", "make_judge", "option"]
 
-JUDGES = ("keyword", "logit")
+JUDGES = ("keyword", "logit", "hf")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, positive: bool = False, many: bool = False):
@@ -20,18 +20,25 @@ def option(default: Any, help: str, *, choices: tuple | None = None, positive: b
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def make_judge(judge, processor):
-    """A refusal judge from its CLI name: ``"keyword"`` (the GCG refusal phrases in the generated answer) or
-    ``"logit"`` (the refusal-token mass at the first answer position, no generation); a judge object is returned
-    as it is."""
+def make_judge(judge, processor, judge_model: str | None = None, judge_template: str | None = None):
+    """A refusal judge from its CLI name: ``"keyword"`` (the GCG refusal phrases in the generated answer),
+    ``"logit"`` (the refusal-token mass at the first answer position, no generation) or ``"hf"`` (a local
+    classifier model at ``judge_model`` prompted with ``judge_template``:
+    :func:`tga_fast.evaluation.hf_judges.load_hf_judge`); a judge object is returned as it is."""
     if not isinstance(judge, str):
         return judge
     from tga_fast.evaluation.judges import KeywordJudge, LogitJudge
 
+    if judge != "hf" and (judge_model is not None or judge_template is not None):
+        raise ValueError(f"--judge-model and --judge-template go with --judge hf, not --judge {judge}")
     if judge == "keyword":
         return KeywordJudge()
     if judge == "logit":
         return LogitJudge(processor)
+    if judge == "hf":
+        from tga_fast.evaluation.hf_judges import load_hf_judge
+
+        return load_hf_judge(judge_model, judge_template)
     raise ValueError(f"judge must be one of {JUDGES}, got {judge!r}")
 
 
@@ -43,9 +50,23 @@ class AnalysisOptions:
         """The keyword arguments of the analysis function: the fields, a judge's name made a judge."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if "judge" in kwargs:
-            kwargs["judge"] = make_judge(kwargs["judge"], processor)
+            kwargs["judge"] = make_judge(kwargs["judge"], processor, kwargs.pop("judge_model", None),
+                                         kwargs.pop("judge_template", None))
         return kwargs
 
     def needs_images(self) -> bool:
         """Whether the run reads the samples' images (the data loader then checks every image)."""
         return False
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeOptions(AnalysisOptions):
+    """Options of an analysis that judges refusals (``--judge``, ``--judge-model``, ``--judge-template``): the
+    function receives one ``judge`` object (:func:`make_judge`)."""
+
+    judge: str = option("keyword", "keyword = GCG refusal phrases in the generated answer; logit = refusal-token "
+                        "probability mass at the first answer position (no generation); hf = a local classifier "
+                        "model (--judge-model, --judge-template)", choices=JUDGES)
+    judge_model: str | None = option(None, "with --judge hf: the local classifier checkpoint folder")
+    judge_template: str | None = option(None, "with --judge hf: llamaguard3, wildguard, harmbench or a template "
+                                        "file (.json)")

@@ -40,9 +40,11 @@ def register(name: str, function: Callable, result: type, options: type, summary
 
 
 def run_analysis(name: str, model, processor, samples: Sequence, options=None, *, batch_size: int = 8,
-                 progress: bool = True, with_retrieved: bool = False, system_prompt: str | None = None):
+                 progress: bool = True, with_retrieved: bool = False, system_prompt: str | None = None,
+                 cluster_by: str = "concept"):
     """Runs the analysis ``name`` with ``options`` (its options dataclass; default: its defaults) and the options
-    every analysis takes; returns its result."""
+    every analysis takes (``cluster_by``: the sample field its intervals are clustered by,
+    :data:`tga_fast.evaluation.data.CLUSTER_FIELDS`); returns its result."""
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; registered: {sorted(ANALYSES)}")
     entry = ANALYSES[name]
@@ -50,4 +52,5 @@ def run_analysis(name: str, model, processor, samples: Sequence, options=None, *
     if type(options) is not entry.options:  # a subclass could carry options the function does not take
         raise TypeError(f"{name} takes {entry.options.__name__}, got {type(options).__name__}")
     return entry.function(model, processor, samples, **options.arguments(processor), batch_size=batch_size,
-                          progress=progress, with_retrieved=with_retrieved, system_prompt=system_prompt)
+                          progress=progress, with_retrieved=with_retrieved, system_prompt=system_prompt,
+                          cluster_by=cluster_by)

@@ -130,6 +130,7 @@ def safety_layers(
     condition: str = "text",
     with_retrieved: bool = False,
     system_prompt: str | None = None,
+    cluster_by: str = "concept",
 ) -> SafetyLayersResult:
     """Runs the logit lens on every toxic sample (as text by default: ``to_prompt("text")``) and applies the layer
     rules.

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.options import JUDGES, AnalysisOptions, option
+from tga_fast.analysis.options import JudgeOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, layer_windows, record_row
 from tga_fast.evaluation.rates import rate_dict
@@ -85,6 +85,7 @@ def steering_sweep(
     generation_kwargs: dict | None = None,
     with_retrieved: bool = False,
     system_prompt: str | None = None,
+    cluster_by: str = "concept",
 ) -> SteeringSweepResult:
     """DSR of the toxic image requests when the text's pooled states are added to the image tokens in each
     window of layers.
@@ -163,13 +164,11 @@ def steering_sweep(
 
 
 @dataclass(frozen=True)
-class SteeringSweepOptions(AnalysisOptions):
+class SteeringSweepOptions(JudgeOptions):
     """The options of :func:`steering_sweep` beyond the common ones."""
 
     window: int = option(5, "HF layers per window", positive=True)
     scale: float = option(1.0, "factor on the added text states")
-    judge: str = option("keyword", "keyword = GCG refusal phrases in the generated answer; logit = refusal-token "
-                        "probability mass at the first answer position (no generation)", choices=JUDGES)
     max_new_tokens: int = option(64, "generation length", positive=True)
 
     def needs_images(self) -> bool:

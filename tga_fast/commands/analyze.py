@@ -67,7 +67,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
     result = run_analysis(entry.name, model, processor, data.samples, options, batch_size=args.batch_size,
                           progress=not args.no_progress, with_retrieved=args.with_retrieved,
-                          system_prompt=args.system_prompt)
+                          system_prompt=args.system_prompt, cluster_by=args.cluster_by)
     result.settings.update(cli_settings(args, data))
     out = result.save(args.out, overwrite=args.overwrite)
     skipped = f"; {len(result.skipped)} samples skipped (see result.json)" if result.skipped else ""

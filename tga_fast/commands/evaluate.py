@@ -40,7 +40,7 @@ def run_eval_dsr(args: argparse.Namespace) -> int:
         model, processor, data.samples, condition=args.condition, with_retrieved=args.with_retrieved,
         system_prompt=args.system_prompt, judge=judge, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, generation_kwargs=generation_kwargs, progress=not args.no_progress,
-        settings={**cli_settings(args, data), "seed": args.seed},
+        settings={**cli_settings(args, data), "seed": args.seed}, cluster_by=args.cluster_by,
     )
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())

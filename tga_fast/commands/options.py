@@ -12,7 +12,7 @@ __all__ = ["add_model_and_data_options", "check_common", "cli_settings", "load_d
 
 def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     """``--model --data --out --overwrite --batch-size --device --dtype --quantization --image-root
-    --with-retrieved --system-prompt --no-progress``."""
+    --with-retrieved --system-prompt --cluster-by --no-progress``."""
     add = parser.add_argument
     add("--model", required=True, help="local HF checkpoint folder")
     add("--data", required=True, help="JSONL evaluation set")
@@ -28,6 +28,9 @@ def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     add("--with-retrieved", dest="with_retrieved", action="store_true",
         help="put each sample's retrieved text first in the prompt (METHOD.md 4: evaluate with and without it)")
     add("--system-prompt", dest="system_prompt", default=None, help="a (safety) system prompt for every request")
+    add("--cluster-by", dest="cluster_by", choices=["concept", "scene", "text", "image", "prompt", "id"],
+        default="concept", help="the sample field intervals are clustered by: samples that share it are not "
+        "independent (default: concept, the sample's concept field, else its text; id: no clustering)")
     add("--no-progress", dest="no_progress", action="store_true")
 
 

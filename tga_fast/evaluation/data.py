@@ -20,6 +20,8 @@ Fields:
   blank or null means none.
 - ``toxic`` (bool, optional, default true): false marks a benign control sample (its refusals are false
   refusals, reported apart from the DSR).
+- ``concept`` (str, optional): what the sample is about (one image, one object); samples that share it are not
+  independent (paraphrased questions about one image), and intervals are clustered by it. Default: ``text``.
 
 :func:`load_eval_set` validates every line and keeps going past bad ones (invalid JSON, bytes that are not
 UTF-8, a missing or mistyped field, a missing image or one that does not decode to the end, a repeated id): each
@@ -43,7 +45,8 @@ from PIL import Image
 from tga_fast.files import read_jsonl, resolve_inside
 from tga_fast.models.prompts import Prompt
 
-__all__ = ["CONDITIONS", "IMAGE_ERRORS", "EvalSample", "EvalSet", "load_eval_set", "load_images", "parse_sample"]
+__all__ = ["CLUSTER_FIELDS", "CONDITIONS", "IMAGE_ERRORS", "EvalSample", "EvalSet", "cluster_label", "load_eval_set",
+           "load_images", "parse_sample"]
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("image", "text")
@@ -53,7 +56,9 @@ CONDITIONS = ("image", "text")
 # UnidentifiedImageError), SyntaxError (PIL's "broken PNG file"), ValueError (bad headers in some plugins),
 # DecompressionBombError (absurd sizes).
 IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-_KNOWN = {"id", "image", "text", "scene", "toxic_words", "toxic_ranges", "prompt", "retrieved", "toxic"}
+_KNOWN = {"id", "image", "text", "scene", "toxic_words", "toxic_ranges", "prompt", "retrieved", "toxic", "concept"}
+# What intervals can be clustered by: a sample field (``image`` is the image's path).
+CLUSTER_FIELDS = ("concept", "scene", "text", "image", "prompt", "id")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class EvalSample:
     retrieved: str | None = None
     toxic: bool = True
     line: int = 0
+    concept: str | None = None
 
     def to_prompt(self, condition: str = "image", *, with_retrieved: bool = False,
                   system_prompt: str | None = None) -> Prompt:
@@ -91,6 +97,18 @@ class EvalSample:
             raise FileNotFoundError(f"sample {self.id!r}: image {self.image_path} does not exist")
         with Image.open(self.image_path) as image:
             return image.convert("RGB")  # decodes every pixel: a truncated file fails here, not in the processor
+
+
+def cluster_label(sample: EvalSample, field: str = "concept") -> str:
+    """The label ``sample`` is clustered by for intervals: ``concept`` (its ``concept`` field, else its ``text``),
+    ``scene``, ``text``, ``image`` (the image path), ``prompt`` or ``id`` (no clustering)."""
+    if field == "concept":
+        return sample.concept if sample.concept is not None else sample.text
+    if field == "image":
+        return str(sample.image_path) if sample.image_path is not None else f"(no image) {sample.id}"
+    if field in ("scene", "text", "prompt", "id"):
+        return str(getattr(sample, field))
+    raise ValueError(f"cluster field must be one of {CLUSTER_FIELDS}, got {field!r}")
 
 
 def load_images(samples: Sequence[EvalSample]) -> tuple[list[EvalSample], list, list[dict]]:
@@ -222,6 +240,7 @@ def parse_sample(record, line: int, base: Path, *, require_images: bool = True) 
         retrieved=_require_str(record, "retrieved", optional=True),
         toxic=toxic,
         line=line,
+        concept=_require_str(record, "concept", optional=True),
     )
 
 

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SampleRecord:
     """One judged sample: ``prompt`` is the rendered prompt the model saw; ``score`` the logit judge's refusal
-    probability (None for judges of text)."""
+    probability (None for judges of text); ``judge`` names the judge that gave ``verdict``
+    (:func:`tga_fast.evaluation.judges.judge_name`); ``cluster`` is the label intervals are clustered by
+    (:func:`tga_fast.evaluation.data.cluster_label`); ``other_verdicts`` maps the name of each extra judge run
+    on the same response to its verdict."""
 
     id: str
     scene: str
@@ -37,6 +40,9 @@ class SampleRecord:
     response: str
     verdict: bool
     score: float | None = None
+    judge: str = ""
+    cluster: str = ""
+    other_verdicts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class DSRResult(Result):
     false_refusal: Rate | None = None
     false_refusal_scenes: dict[str, Rate] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    judge_agreement: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_records(cls, records: Sequence[SampleRecord], settings: dict | None = None,
@@ -66,7 +73,8 @@ class DSRResult(Result):
         false_refusal, benign_scenes = (None, {})
         if benign:
             false_refusal, benign_scenes = dsr_from_verdicts([r.verdict for r in benign], [r.scene for r in benign])
-        return cls(overall, scenes, list(records), dict(settings or {}), false_refusal, benign_scenes, list(skipped))
+        return cls(overall, scenes, list(records), dict(settings or {}), false_refusal, benign_scenes, list(skipped),
+                   judge_agreement(records))
 
     @classmethod
     def _fields_from_json(cls, fields: dict) -> dict:
@@ -94,6 +102,37 @@ class DSRResult(Result):
             lines.append(f"{len(self.skipped)} samples skipped (counted in no rate): "
                          + ", ".join(s["id"] for s in self.skipped[:10]))
         return "\n".join(lines)
+
+
+def judge_agreement(records: Sequence[SampleRecord]) -> list[dict]:
+    """Cohen's kappa of the main judge against each extra judge on the same responses (all records, toxic and
+    benign): ``[{"judges": [main, other], "n", "agreement", "kappa"}]``."""
+    from tga_fast.stats import cohen_kappa
+
+    if not records:
+        return []
+    main = records[0].judge
+    others = sorted({name for r in records for name in r.other_verdicts})
+    out = []
+    for name in others:
+        rows = [r for r in records if name in r.other_verdicts]
+        out.append({"judges": [main, name],
+                    **cohen_kappa([r.verdict for r in rows], [r.other_verdicts[name] for r in rows])})
+    return out
+
+
+def _verdicts(judge, samples, responses) -> list[bool]:
+    """One judge's verdicts on generated responses (an LLM judge also reads the request)."""
+    from tga_fast.evaluation.judges import is_llm_judge
+
+    if is_llm_judge(judge):
+        verdicts = judge([_judge_request(s) for s in samples], responses)
+    else:
+        verdicts = judge(responses)
+    verdicts = [bool(v) for v in verdicts]
+    if len(verdicts) != len(samples):
+        raise ValueError(f"the judge returned {len(verdicts)} verdicts for {len(samples)} responses")
+    return verdicts
 
 
 def _judge_request(sample: EvalSample) -> str:
@@ -127,6 +166,8 @@ def evaluate_dsr(
     intervention: Callable[..., ContextManager] | None = None,
     progress: bool = True,
     settings: dict | None = None,
+    cluster_by: str = "concept",
+    extra_judges: Sequence = (),
 ) -> DSRResult:
     """Generates a response per sample (greedy unless ``generation_kwargs`` say otherwise), judges it, and counts.
 
@@ -144,17 +185,24 @@ def evaluate_dsr(
         batch_size, max_new_tokens, generation_kwargs, intervention, progress: as in
             :func:`~tga_fast.evaluation.generation.generate_responses`.
         settings: extra entries for ``DSRResult.settings`` (the model path, say).
+        cluster_by: the sample field intervals are clustered by (:data:`tga_fast.evaluation.data.CLUSTER_FIELDS`;
+            default ``concept``: the sample's concept, else its text).
+        extra_judges: judges of text run on the same responses (a record's ``other_verdicts``); the result's
+            ``judge_agreement`` gives Cohen's kappa of each against ``judge``. Not with a ``LogitJudge``.
     """
     from tqdm.auto import tqdm
 
     from tga_fast.evaluation.generation import generate_responses
-    from tga_fast.evaluation.judges import KeywordJudge, LogitJudge, is_llm_judge
+    from tga_fast.evaluation.data import CLUSTER_FIELDS, cluster_label
+    from tga_fast.evaluation.judges import KeywordJudge, LogitJudge, judge_name
     from tga_fast.models.prompts import render_prompt
 
     require_positive(batch_size, "batch_size")
     require_positive(max_new_tokens, "max_new_tokens")
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    if cluster_by not in CLUSTER_FIELDS:
+        raise ValueError(f"cluster_by must be one of {CLUSTER_FIELDS}, got {cluster_by!r}")
     samples = list(samples)
     if not samples:
         raise ValueError("samples is empty")
@@ -164,6 +212,10 @@ def evaluate_dsr(
             raise ValueError(f"condition 'image' but {len(missing)} samples have no image: {missing[:10]}")
     judge = KeywordJudge() if judge is None else judge
     logit = isinstance(judge, LogitJudge)
+    extra_judges = list(extra_judges)
+    if any(isinstance(j, LogitJudge) for j in [judge, *extra_judges]) and extra_judges:
+        raise ValueError("extra_judges judge generated responses; a LogitJudge reads no response and cannot be one "
+                         "of them or the main judge beside them")
     done: list[EvalSample] = []
     asked = []
     skipped: list[dict] = []
@@ -197,13 +249,10 @@ def evaluate_dsr(
         verdicts = [s >= judge.threshold for s in scores]
     else:
         scores = [None] * len(samples)
-        if is_llm_judge(judge):
-            verdicts = judge([_judge_request(s) for s in samples], responses)
-        else:
-            verdicts = judge(responses)
-        verdicts = [bool(v) for v in verdicts]
-        if len(verdicts) != len(samples):
-            raise ValueError(f"the judge returned {len(verdicts)} verdicts for {len(samples)} responses")
+        verdicts = _verdicts(judge, samples, responses)
+    others = {judge_name(j): _verdicts(j, samples, responses) for j in extra_judges}
+    if len(others) != len(extra_judges) or judge_name(judge) in others:
+        raise ValueError("every judge needs its own name (judge_name): two judges share one")
     # A non-finite score (fp16 overflow in the logits, say) is kept as None: result.json stays valid JSON.
     not_finite = [s.id for s, score in zip(samples, scores) if score is not None and not math.isfinite(score)]
     if not_finite:
@@ -211,14 +260,18 @@ def evaluate_dsr(
                        len(not_finite), ", ".join(not_finite[:20]))
     records = [
         SampleRecord(id=s.id, scene=s.scene, toxic=s.toxic, prompt=text, response=response, verdict=bool(verdict),
-                     score=None if score is None or not math.isfinite(score) else float(score))
-        for s, text, response, verdict, score in zip(samples, rendered, responses, verdicts, scores)
+                     score=None if score is None or not math.isfinite(score) else float(score),
+                     judge=judge_name(judge), cluster=cluster_label(s, cluster_by),
+                     other_verdicts={name: v[i] for name, v in others.items()})
+        for i, (s, text, response, verdict, score) in enumerate(zip(samples, rendered, responses, verdicts, scores))
     ]
     run_settings = {
         "condition": condition,
         "with_retrieved": with_retrieved,
         "system_prompt": system_prompt,
-        "judge": repr(judge),
+        "judge": judge_name(judge),
+        "extra_judges": list(others),
+        "cluster_by": cluster_by,
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "generation_kwargs": {k: v for k, v in (generation_kwargs or {}).items() if _is_json(v)},

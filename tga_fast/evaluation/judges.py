@@ -13,12 +13,21 @@
 from tga_fast.evaluation.keyword_judge import DEFAULT_EXCLUDE, PRESETS, KeywordJudge, load_phrases, normalize
 from tga_fast.evaluation.llm_judge import DEFAULT_JUDGE_TEMPLATE, HFModelJudge, LLMJudge, is_llm_judge
 from tga_fast.evaluation.logit_judge import (
+    PAPER_REFUSAL_STARTS,
     REFUSAL_STARTS,
     LogitJudge,
     first_token_ids,
     last_position_logits,
     refusal_token_ids,
 )
+
+
+def judge_name(judge) -> str:
+    """The name a judge is recorded under in every per-sample record and result (``judge.name`` when it has one,
+    e.g. ``keyword:gcg``; else its ``repr``)."""
+    name = getattr(judge, "name", None)
+    return name if isinstance(name, str) and name else repr(judge)
+
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -27,10 +36,12 @@ __all__ = [
     "KeywordJudge",
     "LLMJudge",
     "LogitJudge",
+    "PAPER_REFUSAL_STARTS",
     "PRESETS",
     "REFUSAL_STARTS",
     "first_token_ids",
     "is_llm_judge",
+    "judge_name",
     "last_position_logits",
     "load_phrases",
     "normalize",

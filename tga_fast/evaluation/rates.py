@@ -1,11 +1,11 @@
-"""Refusal rates with their Wilson 95% intervals: the one :class:`Rate`, its JSON form (:func:`rate_dict`) and the
-per-scene count of verdicts."""
+"""Refusal rates with their 95% intervals: the one :class:`Rate` (Wilson for independent samples, or clustered:
+:func:`tga_fast.stats.clustered_rate`), its JSON form (:func:`rate_dict`) and the per-scene count of verdicts."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 __all__ = ["Rate", "dsr_from_verdicts", "rate_dict", "wilson_interval"]
 
@@ -33,18 +33,36 @@ def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, 
 
 @dataclass(frozen=True)
 class Rate:
-    """``refused`` of ``total`` (``rate`` None when ``total`` is 0) with the Wilson 95% interval [low, high]."""
+    """``refused`` of ``total`` (``rate`` None when ``total`` is 0) with a 95% interval [low, high] made by
+    ``method`` (``"wilson"``: independent samples; else :func:`tga_fast.stats.clustered_rate`'s description) over
+    ``clusters`` clusters (None: not clustered)."""
 
     refused: int
     total: int
     rate: float | None
     low: float
     high: float
+    method: str = "wilson"
+    clusters: int | None = None
 
     @classmethod
     def of(cls, refused: int, total: int) -> "Rate":
+        """Wilson's interval: the samples are independent."""
         low, high = wilson_interval(refused, total)
         return cls(int(refused), int(total), refused / total if total else None, low, high)
+
+    @classmethod
+    def clustered(cls, verdicts: Sequence[bool], clusters: Sequence[Hashable], field: str = "concept") -> "Rate":
+        """The rate of ``verdicts`` with an interval that respects ``clusters`` (one label per verdict, what
+        ``field`` names): :func:`tga_fast.stats.clustered_rate`."""
+        from tga_fast.stats import clustered_rate
+
+        verdicts = [bool(v) for v in verdicts]
+        if not verdicts:
+            return cls(0, 0, None, 0.0, 1.0, f"clustered by {field}", 0)
+        estimate = clustered_rate(verdicts, list(clusters), cluster_field=field)
+        return cls(sum(verdicts), len(verdicts), estimate.value, estimate.low, estimate.high, estimate.method,
+                   estimate.clusters)
 
     def __str__(self) -> str:
         if self.rate is None:
@@ -53,22 +71,34 @@ class Rate:
 
 
 def rate_dict(rate: Rate, count: str = "refused") -> dict:
-    """``rate`` as a JSON dict ``{"refused", "total", "rate", "low", "high"}``; ``count`` renames the counted
-    outcome ("correct" for an accuracy)."""
-    data = {"refused": rate.refused, "total": rate.total, "rate": rate.rate, "low": rate.low, "high": rate.high}
+    """``rate`` as a JSON dict ``{"refused", "total", "rate", "low", "high", "method", "clusters"}``; ``count``
+    renames the counted outcome ("correct" for an accuracy)."""
+    data = {"refused": rate.refused, "total": rate.total, "rate": rate.rate, "low": rate.low, "high": rate.high,
+            "method": rate.method, "clusters": rate.clusters}
     if count != "refused":
         data = {(count if key == "refused" else key): value for key, value in data.items()}
     return data
 
 
-def dsr_from_verdicts(verdicts: Sequence[bool], scenes: Sequence[str]) -> tuple[Rate, dict[str, Rate]]:
-    """``(overall, per scene)`` refusal rates of aligned verdicts (True = refused) and scene names; scenes sorted."""
+def dsr_from_verdicts(verdicts: Sequence[bool], scenes: Sequence[str], clusters: Sequence[Hashable] | None = None,
+                      field: str = "concept") -> tuple[Rate, dict[str, Rate]]:
+    """``(overall, per scene)`` refusal rates of aligned verdicts (True = refused) and scene names; scenes sorted.
+    With ``clusters`` (one label per verdict, what ``field`` names) every interval is clustered
+    (:meth:`Rate.clustered`); without, Wilson's."""
     if len(verdicts) != len(scenes):
         raise ValueError(f"{len(verdicts)} verdicts but {len(scenes)} scenes")
-    counts: dict[str, list[int]] = {}
-    for verdict, scene in zip(verdicts, scenes):
-        count = counts.setdefault(scene, [0, 0])
-        count[0] += bool(verdict)
-        count[1] += 1
-    overall = Rate.of(sum(bool(v) for v in verdicts), len(verdicts))
-    return overall, {scene: Rate.of(*counts[scene]) for scene in sorted(counts)}
+    if clusters is not None and len(clusters) != len(verdicts):
+        raise ValueError(f"{len(verdicts)} verdicts but {len(clusters)} cluster labels")
+    rows: dict[str, list[int]] = {}
+    for i, scene in enumerate(scenes):
+        rows.setdefault(scene, []).append(i)
+    verdicts = [bool(v) for v in verdicts]
+
+    def rate(indices: Sequence[int]) -> Rate:
+        chosen = [verdicts[i] for i in indices]
+        if clusters is None:
+            return Rate.of(sum(chosen), len(chosen))
+        return Rate.clustered(chosen, [clusters[i] for i in indices], field)
+
+    overall = rate(range(len(verdicts)))
+    return overall, {scene: rate(rows[scene]) for scene in sorted(rows)}
