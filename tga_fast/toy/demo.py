@@ -21,7 +21,7 @@ from tga_fast.toy.alignment import AlignConfig, align
 from tga_fast.toy.analyses import DualEncoderSide, lvlm_analyses, text_llm_analyses, write_eval_set
 from tga_fast.toy.assemble import assemble_llava, image_processor, load_lvlm, save_lvlm
 from tga_fast.toy.cache import ModelCache, key_hash
-from tga_fast.toy.evaluate import evaluate_lvlm, evaluate_text_llm
+from tga_fast.toy.evaluate import compare_methods, evaluate_lvlm, evaluate_text_llm
 from tga_fast.toy.images import contact_sheet, render_set
 from tga_fast.toy.report import FIGURES, save
 from tga_fast.toy.retrieve import corpus_index, retrieve
@@ -193,6 +193,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, cache=None, progress: bool
         "safety_range_layers": list(safety_range),
         "knockout_read_layers": list(read_layers),
         "lvlm": lvlm,
+        "comparisons": compare_methods(lvlm),
         "tried": TRIED,
     }
     result["targets"] = targets(result)
