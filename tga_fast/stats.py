@@ -160,16 +160,20 @@ def clustered_rate(outcomes: Sequence[bool], clusters: Sequence[Hashable] | None
         return Estimate(None, None, None, 0, f"wilson, clustered by {cluster_field}", 0, confidence)
     k = int(codes.max()) + 1
     p = float(values.mean())
-    if p in (0.0, 1.0) or k == n:
+    if p in (0.0, 1.0) or k == n or k == 1:
         n_eff = float(k)
-        how = "all outcomes agree: n_eff = clusters" if p in (0.0, 1.0) else "one sample per cluster"
+        how = ("all outcomes agree: n_eff = clusters" if p in (0.0, 1.0) else
+               "one sample per cluster" if k == n else "one cluster: n_eff = 1")
     else:
         rng = np.random.default_rng(seed)
-        variance = float(_resampled_means(values[:, None], codes, resamples, rng)[:, 0].var())
+        # The bootstrap variance of a mean over K clusters is (K-1)/K of the unbiased one: undo that, which
+        # matters when there are few clusters.
+        variance = float(_resampled_means(values[:, None], codes, resamples, rng)[:, 0].var()) * k / (k - 1)
         n_eff = float(k) if variance <= 0 else min(max(p * (1 - p) / variance, float(k)), float(n))
         how = f"n_eff {n_eff:.1f} from a {resamples}-resample cluster bootstrap"
     low, high = _wilson_bounds(p, n_eff, _z(confidence))
-    method = f"wilson at the effective sample size, clustered by {cluster_field} ({k} clusters; {how})"
+    few = "; few clusters: approximate" if k < 10 else ""
+    method = f"wilson at the effective sample size, clustered by {cluster_field} ({k} clusters; {how}{few})"
     return Estimate(p, low, high, n, method, k, confidence)
 
 
