@@ -63,7 +63,9 @@ def test_result_from_records_json_round_trip(tmp_path):
                SampleRecord("c", "y", True, "p", "Sorry", True, 0.7), SampleRecord("d", "z", False, "p", "Sure", False)]
     result = DSRResult.from_records(records, {"condition": "text"})
     assert (result.overall.refused, result.overall.total) == (2, 3) and list(result.scenes) == ["x", "y"]
-    assert result.false_refusal == Rate.of(0, 1) and list(result.false_refusal_scenes) == ["z"]
+    # No cluster labels in these records: Wilson's intervals, and the method says why.
+    assert (result.false_refusal.low, result.false_refusal.high) == (Rate.of(0, 1).low, Rate.of(0, 1).high)
+    assert "no cluster label" in result.false_refusal.method and list(result.false_refusal_scenes) == ["z"]
     data = result.to_json()
     assert data["kind"] == "dsr" and data["environment"]["torch"] and json.loads(json.dumps(data)) == data
     assert DSRResult.from_json(data) == result
@@ -95,12 +97,18 @@ def _check_result(result, samples):
     assert DSRResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
-def test_evaluate_dsr_end_to_end(saved, tmp_path):
+def test_evaluate_dsr_end_to_end(saved, tmp_path, llava_dir):
     model, processor, samples = saved
     result = evaluate_dsr(model, processor, samples, condition="image", batch_size=3, max_new_tokens=4, progress=False)
     _check_result(result, samples)
     assert all("<image>" in r.prompt for r in result.records)
     assert result.settings["condition"] == "image" and "KeywordJudge" in result.settings["judge"]
+    assert result.settings["cluster_by"] == "concept" and result.settings["extra_judges"] == []
+    assert result.settings["model"] == str(llava_dir) and result.settings["with_retrieved"] is False
+    # No concept in the data: a sample's concept is its text, and every rate is clustered by it.
+    assert [r.cluster for r in result.records] == [s.text for s in samples]
+    assert result.overall.cluster_field == "concept" and result.overall.clusters == 3
+    assert "clustered by concept, 3 clusters" in result.summary()
     verdicts = KeywordJudge()([r.response for r in result.records])
     assert [r.verdict for r in result.records] == verdicts
     out = result.save(tmp_path)

@@ -1,28 +1,39 @@
-"""Defense success rate (DSR): the share of toxic requests the model refuses, per scene and overall, with Wilson
-95% intervals; benign control samples give a false-refusal rate reported apart.
+"""Defense success rate (DSR): the share of toxic requests the model refuses, per scene and overall; benign
+control samples give a false-refusal rate, overall and per scene, reported apart.
+
+Every rate carries a 95% interval clustered by the field the run chose (``cluster_by``, default ``concept``):
+paraphrased questions about one image are not independent (METHOD.md 3, "Controls"), so the interval is Wilson's at
+the cluster bootstrap's effective sample size (:func:`tga_fast.stats.clustered_rate`), and each rate says how it was
+made (``Rate.method``, ``Rate.interval_note``). Two results on the same samples are compared pairwise by
+:func:`tga_fast.evaluation.compare.compare_dsr`.
 
     result = evaluate_dsr(model, processor, load_eval_set("eval.jsonl").samples, condition="image")
-    result.overall.rate, result.overall.low, result.overall.high
+    result.overall.rate, result.overall.low, result.overall.high, result.overall.interval_note
     result.save("out/")        # result.json, samples.jsonl (prompts, responses, verdicts), figure.png
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Hashable, Sequence
 
 from tga_fast.errors import require_positive
 from tga_fast.evaluation.data import CONDITIONS, EvalSample, load_images
 from tga_fast.evaluation.rates import Rate, dsr_from_verdicts, rate_dict, wilson_interval
 from tga_fast.results import Result
 
-__all__ = ["DSRResult", "Rate", "SampleRecord", "dsr_from_verdicts", "evaluate_dsr", "rate_dict", "wilson_interval"]
+__all__ = ["DSRResult", "Rate", "SampleRecord", "dsr_from_verdicts", "evaluate_dsr", "rate_dict", "record_clusters",
+           "wilson_interval"]
 
 logger = logging.getLogger(__name__)
+
+# The method of a rate whose records carry no cluster label (results saved before records had one).
+UNLABELLED = "wilson: the records carry no cluster label, so each sample is its own cluster"
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,12 @@ class SampleRecord:
 class DSRResult(Result):
     """DSR over toxic samples (``overall``, ``scenes``), false refusals over benign ones (``false_refusal``,
     ``false_refusal_scenes``; None / empty without benign samples), per-sample ``records`` (saved as
-    ``samples.jsonl``), ``settings``, and ``skipped``: ``{"id", "scene", "reason"}`` of the samples left out at run
-    time (an image that did not decode), counted in no rate."""
+    ``samples.jsonl``), ``settings`` (condition, judge, extra judges, ``cluster_by``, model, ...), ``skipped``:
+    ``{"id", "scene", "reason"}`` of the samples left out at run time (an image that did not decode), counted in
+    no rate, and ``judge_agreement`` (Cohen's kappa of each extra judge against the main one).
+
+    Every interval is clustered by ``settings["cluster_by"]`` through the records' ``cluster`` labels
+    (:func:`record_clusters`)."""
 
     kind = "dsr"
     samples_field = "records"
@@ -67,14 +82,28 @@ class DSRResult(Result):
     @classmethod
     def from_records(cls, records: Sequence[SampleRecord], settings: dict | None = None,
                      skipped: Sequence[dict] = ()) -> "DSRResult":
+        """The rates of ``records`` with intervals clustered by their ``cluster`` labels (what
+        ``settings["cluster_by"]`` names, default ``concept``; records without labels: Wilson, and the method says
+        so)."""
+        settings = dict(settings or {})
+        field = settings.get("cluster_by") or "concept"
         toxic = [r for r in records if r.toxic]
         benign = [r for r in records if not r.toxic]
-        overall, scenes = dsr_from_verdicts([r.verdict for r in toxic], [r.scene for r in toxic])
+        overall, scenes = _rates(toxic, field)
         false_refusal, benign_scenes = (None, {})
         if benign:
-            false_refusal, benign_scenes = dsr_from_verdicts([r.verdict for r in benign], [r.scene for r in benign])
-        return cls(overall, scenes, list(records), dict(settings or {}), false_refusal, benign_scenes, list(skipped),
+            false_refusal, benign_scenes = _rates(benign, field)
+        return cls(overall, scenes, list(records), settings, false_refusal, benign_scenes, list(skipped),
                    judge_agreement(records))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DSRResult":
+        """As :meth:`Result.from_json`; a result saved before ``judge_agreement`` (or ``skipped``, benign rates)
+        existed loads with those fields empty, and its rates keep the (Wilson) intervals it was saved with."""
+        if isinstance(data, dict):
+            data = {"settings": {}, "false_refusal": None, "false_refusal_scenes": {}, "skipped": [],
+                    "judge_agreement": [], **data}
+        return super().from_json(data)
 
     @classmethod
     def _fields_from_json(cls, fields: dict) -> dict:
@@ -88,20 +117,54 @@ class DSRResult(Result):
         return fields
 
     def figure(self):
-        """Bars per scene with their Wilson intervals, the overall DSR as a line (a ``matplotlib.figure.Figure``)."""
+        """Bars per scene with their (clustered) intervals, the overall DSR as a line with its band, the method in
+        a note (a ``matplotlib.figure.Figure``)."""
         from tga_fast.evaluation.plots import dsr_figure
 
         return dsr_figure(self)
 
     def summary(self) -> str:
+        """Each rate with its interval and how the interval was made, one a line."""
         lines = [f"DSR {self.overall}"]
         lines += [f"  {scene}: {rate}" for scene, rate in self.scenes.items()]
         if self.false_refusal is not None:
             lines.append(f"false refusals (benign) {self.false_refusal}")
+            lines += [f"  {scene}: {rate}" for scene, rate in self.false_refusal_scenes.items()]
+        for row in self.judge_agreement:
+            kappa = "n/a" if row["kappa"] is None else f"{row['kappa']:.2f}"
+            agreement = "n/a" if row["agreement"] is None else f"{row['agreement']:.0%}"
+            lines.append(f"judges {row['judges'][0]} vs {row['judges'][1]}: agreement {agreement}, kappa {kappa} "
+                         f"({row['n']} responses)")
         if self.skipped:
             lines.append(f"{len(self.skipped)} samples skipped (counted in no rate): "
                          + ", ".join(s["id"] for s in self.skipped[:10]))
         return "\n".join(lines)
+
+
+def record_clusters(records: Sequence[SampleRecord], field: str = "concept") -> tuple[list[Hashable] | None, str]:
+    """``(labels, field)``: the cluster label of each record and the words for what they are.
+
+    ``labels`` is None when no record has a label (a result saved before records had one): every sample is then
+    its own cluster, which is Wilson's interval. A record without a label among labelled ones is its own cluster
+    (its id makes a label no other record has), and ``field`` says so.
+    """
+    if not any(r.cluster for r in records):
+        return None, field
+    if all(r.cluster for r in records):
+        return [r.cluster for r in records], field
+    # A tuple never equals a string label, so an unlabelled record cannot join a real cluster by accident.
+    return ([r.cluster or ("unlabelled", r.id) for r in records],
+            f"{field} (samples without a label their own cluster)")
+
+
+def _rates(records: Sequence[SampleRecord], field: str) -> tuple[Rate, dict[str, Rate]]:
+    """``(overall, per scene)`` refusal rates of ``records``, clustered by their labels (:func:`record_clusters`)."""
+    labels, described = record_clusters(records, field)
+    overall, scenes = dsr_from_verdicts([r.verdict for r in records], [r.scene for r in records], labels, described)
+    if labels is None:  # say why these are Wilson intervals although the run asked for clustering
+        overall = dataclasses.replace(overall, method=UNLABELLED)
+        scenes = {name: dataclasses.replace(rate, method=UNLABELLED) for name, rate in scenes.items()}
+    return overall, scenes
 
 
 def judge_agreement(records: Sequence[SampleRecord]) -> list[dict]:
@@ -276,6 +339,7 @@ def evaluate_dsr(
         "max_new_tokens": max_new_tokens,
         "generation_kwargs": {k: v for k, v in (generation_kwargs or {}).items() if _is_json(v)},
         "intervention": None if intervention is None else getattr(intervention, "__name__", repr(intervention)),
+        "model": getattr(model, "name_or_path", None) or None,  # the CLI's settings name the folder it was given
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         **(settings or {}),
     }

@@ -1,5 +1,10 @@
 """Refusal rates with their 95% intervals: the one :class:`Rate` (Wilson for independent samples, or clustered:
-:func:`tga_fast.stats.clustered_rate`), its JSON form (:func:`rate_dict`) and the per-scene count of verdicts."""
+:func:`tga_fast.stats.clustered_rate`), its JSON form (:func:`rate_dict`) and the per-scene count of verdicts.
+
+Why clustered: an evaluation set asks several paraphrased questions about one image, or shows several images of one
+concept; their verdicts move together, so ``n`` verdicts carry less information than ``n`` independent ones and
+Wilson's interval at ``n`` is too narrow. A clustered rate says how it was made in ``method`` and, in short, in
+:attr:`Rate.interval_note` (``"clustered by concept, 8 clusters"``)."""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, 
 class Rate:
     """``refused`` of ``total`` (``rate`` None when ``total`` is 0) with a 95% interval [low, high] made by
     ``method`` (``"wilson"``: independent samples; else :func:`tga_fast.stats.clustered_rate`'s description) over
-    ``clusters`` clusters (None: not clustered)."""
+    ``clusters`` clusters of ``cluster_field`` (None: not clustered)."""
 
     refused: int
     total: int
@@ -44,6 +49,7 @@ class Rate:
     high: float
     method: str = "wilson"
     clusters: int | None = None
+    cluster_field: str | None = None
 
     @classmethod
     def of(cls, refused: int, total: int) -> "Rate":
@@ -59,22 +65,33 @@ class Rate:
 
         verdicts = [bool(v) for v in verdicts]
         if not verdicts:
-            return cls(0, 0, None, 0.0, 1.0, f"clustered by {field}", 0)
+            return cls(0, 0, None, 0.0, 1.0, f"clustered by {field}", 0, field)
         estimate = clustered_rate(verdicts, list(clusters), cluster_field=field)
         return cls(sum(verdicts), len(verdicts), estimate.value, estimate.low, estimate.high, estimate.method,
-                   estimate.clusters)
+                   estimate.clusters, field)
+
+    @property
+    def interval_note(self) -> str:
+        """How the interval was made, in a few words: ``"clustered by concept, 8 clusters"``, ``"Wilson, samples
+        independent"``, or the full ``method`` when it is neither (a rate built by other means says its own)."""
+        if self.cluster_field is not None:
+            return f"clustered by {self.cluster_field}, {self.clusters} cluster" + ("" if self.clusters == 1 else "s")
+        if self.method == "wilson":
+            return "Wilson, samples independent"
+        return self.method
 
     def __str__(self) -> str:
+        """``0.417 [0.12, 0.77] (60/144; clustered by concept, 8 clusters)``."""
         if self.rate is None:
-            return "n/a (0 samples)"
-        return f"{self.rate:.3f} [{self.low:.3f}, {self.high:.3f}] ({self.refused}/{self.total})"
+            return f"n/a (0 samples; {self.interval_note})"
+        return f"{self.rate:.3f} [{self.low:.2f}, {self.high:.2f}] ({self.refused}/{self.total}; {self.interval_note})"
 
 
 def rate_dict(rate: Rate, count: str = "refused") -> dict:
-    """``rate`` as a JSON dict ``{"refused", "total", "rate", "low", "high", "method", "clusters"}``; ``count``
-    renames the counted outcome ("correct" for an accuracy)."""
+    """``rate`` as a JSON dict ``{"refused", "total", "rate", "low", "high", "method", "clusters",
+    "cluster_field"}``; ``count`` renames the counted outcome ("correct" for an accuracy)."""
     data = {"refused": rate.refused, "total": rate.total, "rate": rate.rate, "low": rate.low, "high": rate.high,
-            "method": rate.method, "clusters": rate.clusters}
+            "method": rate.method, "clusters": rate.clusters, "cluster_field": rate.cluster_field}
     if count != "refused":
         data = {(count if key == "refused" else key): value for key, value in data.items()}
     return data
