@@ -7,8 +7,9 @@ for false refusals when both results have benign samples. Samples are matched by
 counted and listed, never dropped silently.
 
 Sign convention: ``overall``, ``scenes`` and ``false_refusal`` hold :class:`tga_fast.stats.PairedComparison` dicts,
-whose ``a`` and ``b`` are the rates of A and B and whose ``difference`` is A minus B (the stats module's order);
-the verdict and the figure speak of the change from A to B and write it ``B - A`` explicitly.
+whose ``a`` and ``b`` are the rates of A and B and whose ``difference`` is A minus B (the stats module's order),
+plus ``b_minus_a`` (``value``, ``low``, ``high``): the change from A to B, which the verdict and the figure print
+as ``B - A``.
 
     comparison = compare_dsr(DSRResult.load("out/baseline"), DSRResult.load("out/tga"), names=("baseline", "tga"))
     print(comparison.verdict)
@@ -151,8 +152,12 @@ def compare_dsr(a: DSRResult, b: DSRResult, *, cluster_by: str | None = None,
                          f"({len(by_id_a)} and {len(by_id_b)} samples)")
 
     def compare(indices: Sequence[int]) -> dict:
-        return paired_comparison([pairs[i][0].verdict for i in indices], [pairs[i][1].verdict for i in indices],
-                                 [labels[i] for i in indices], cluster_field=cluster_field, seed=seed).to_json()
+        row = paired_comparison([pairs[i][0].verdict for i in indices], [pairs[i][1].verdict for i in indices],
+                                [labels[i] for i in indices], cluster_field=cluster_field, seed=seed).to_json()
+        # The change from A to B, as the verdict and the figure print it (``difference`` is A - B).
+        difference = row["difference"]
+        row["b_minus_a"] = {"value": -difference["value"], "low": -difference["high"], "high": -difference["low"]}
+        return row
 
     overall = compare(toxic)
     overall["significant"] = _significant(overall, overall["mcnemar"]["p_value"])
