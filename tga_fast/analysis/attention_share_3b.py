@@ -129,7 +129,8 @@ def attention_share(
         candidates = (encoded.spans.to(device).mask(seq_len, *USER_CONTENT) & visible & ~toxic_mask
                       & (positions[None, :] != last[:, None]))  # [b, T]
         first = mask.to(torch.int64).argmax(dim=1)  # [b] the first real token (padding is on the left)
-        # One host copy of what the control draw needs: the candidates and, per sample, |C|, keys seen, first, last.
+        # What the control draw needs, copied to the host once per batch: per sample |C|, keys seen, first and last
+        # position, and the candidate mask; the draws below then touch no device tensor.
         counts = torch.stack([toxic_mask.sum(dim=1), visible.sum(dim=1), first, last]).cpu()  # [4, b]
         candidates = candidates.cpu()
         control_mask = torch.zeros(len(batch_samples), seq_len, dtype=torch.bool)  # [b, T], host
