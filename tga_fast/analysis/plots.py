@@ -53,35 +53,101 @@ def plot_safety_layers(result):
 
 
 def plot_attention_share(result):
-    """Head-averaged attention share of the last token on the toxic tokens per layer: mean, 10-90% band, and the
-    uniform-attention level."""
-    fig, ax = _axes()
-    _band(ax, result.blocks, result.share_mean, result.share_q10, result.share_q90,
+    """Top: head-averaged attention share of the last token on the toxic tokens per block (mean, 10-90% band),
+    on as many other words of the same prompts (the control, mean ± std) and the uniform-attention level. Bottom:
+    toxic minus control with its cluster-bootstrap interval; the blocks above control (Holm) are starred."""
+    fig, (top, bottom) = _two_panels()
+    blocks = result.blocks
+    _band(top, blocks, result.share_mean, result.share_q10, result.share_q90,
           "share on toxic tokens (mean, 10-90%)", "tab:purple")
-    ax.axhline(result.uniform_share_mean, color="gray", linestyle="--", linewidth=1, label="uniform attention")
-    ax.set_xlabel("decoder block (produces hidden_states[k])")
-    ax.set_ylabel("attention share")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"Attention of the last prompt token to the toxic words ({len(result.samples)} samples)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if result.control_share_mean is not None:
+        mean, std = result.control_share_mean, result.control_share_std
+        _band(top, blocks, mean, [max(0.0, m - s) for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+              "share on as many other words (control, mean ± std)", "tab:gray")
+    above = set(result.blocks_above_control)
+    if above:
+        top.plot([b for b in blocks if b in above], [m for b, m in zip(blocks, result.share_mean) if b in above],
+                 linestyle="none", marker="*", markersize=9, color="tab:red", label="above control (Holm, 0.05)")
+    top.axhline(result.uniform_share_mean, color="gray", linestyle="--", linewidth=1, label="uniform attention")
+    top.set_ylabel("attention share")
+    top.set_ylim(bottom=0)
+    top.set_title(f"Attention of the last prompt token to the toxic words ({len(result.samples)} samples)", fontsize=9)
+    top.legend(fontsize=7)
+    _contrast_panel(bottom, blocks, result.contrast, above, "toxic minus control share")
+    bottom.set_xlabel("decoder block (produces hidden_states[k])")
+    _verdict_caption(fig, result.verdict)
     return fig
 
 
 def plot_modality_similarity(result):
-    """Per-layer cosine of pooled image and text states (mean ± std) with the CLIP cosine as a reference line."""
-    fig, ax = _axes()
+    """Top: per-layer cosine of pooled image and text states of the same meaning and of mismatched pairs (image of
+    one sample, text of another; mean ± std), with the CLIP cosine of both as horizontal lines. Bottom: matched
+    minus mismatched with its cluster-bootstrap interval. Layers where matched is not above mismatched (Holm) are
+    shaded in both panels."""
+    fig, (top, bottom) = _two_panels()
+    layers = result.layers
     mean, std = result.cosine_mean, result.cosine_std
-    _band(ax, result.layers, mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-          "image vs text hidden states (mean ± std)", "tab:green")
+    _band(top, layers, mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+          "image vs its own text (mean ± std)", "tab:green")
+    if result.mismatched_cosine_mean is not None:
+        mean, std = result.mismatched_cosine_mean, result.mismatched_cosine_std
+        _band(top, layers, mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+              "image vs another sample's text (mean ± std)", "tab:gray")
     if result.clip_cosine_mean is not None:
-        ax.axhline(result.clip_cosine_mean, color="black", linestyle="--", linewidth=1, label="CLIP image-text cosine")
-    ax.set_xlabel("layer (HF hidden_states index)")
-    ax.set_ylabel("cosine similarity")
-    ax.set_title(f"Cross-modal similarity of {len(result.samples)} image-text pairs", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+        top.axhline(result.clip_cosine_mean, color="black", linestyle="--", linewidth=1,
+                    label="CLIP image-text cosine")
+    if result.clip_mismatched_cosine_mean is not None:
+        top.axhline(result.clip_mismatched_cosine_mean, color="black", linestyle=":", linewidth=1,
+                    label="CLIP cosine, mismatched pairs")
+    above = set(result.layers_above_mismatched)
+    if result.contrast is not None:
+        not_above = [layer for layer in layers if layer not in above]
+        for ax in (top, bottom):
+            for k, layer in enumerate(not_above):
+                label = "matched not above mismatched (Holm, 0.05)" if k == 0 and ax is top else None
+                ax.axvspan(layer - 0.5, layer + 0.5, color="tab:red", alpha=0.08, linewidth=0, label=label)
+    top.set_ylabel("cosine similarity")
+    top.set_title(f"Cross-modal similarity of {len(result.samples)} image-text pairs", fontsize=9)
+    top.legend(fontsize=7)
+    _contrast_panel(bottom, layers, result.contrast, above, "matched minus mismatched cosine")
+    bottom.set_xlabel("layer (HF hidden_states index)")
+    _verdict_caption(fig, result.verdict)
     return fig
+
+
+def _two_panels():
+    """A figure with a main panel over a shorter contrast panel, sharing the x axis."""
+    fig = Figure(figsize=(7, 6), dpi=150)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    return fig, (top, bottom)
+
+
+def _contrast_panel(ax, columns, contrast, above, label):
+    """A per-layer contrast (a ``Contrast.to_json()`` dict, or None) with its interval, zero dashed, the columns in
+    ``above`` starred."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axhline(0.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_ylabel("difference")
+    if contrast is None:
+        ax.text(0.5, 0.5, "no control measured", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+        return
+    confidence = f"{contrast.get('confidence', 0.95):.0%}"
+    _band(ax, columns, contrast["mean"], contrast["ci_low"], contrast["ci_high"],
+          f"{label} ({confidence} cluster-bootstrap interval)", "tab:blue")
+    marked = [(c, m) for c, m in zip(columns, contrast["mean"]) if c in above]
+    if marked:
+        ax.plot(*zip(*marked), linestyle="none", marker="*", markersize=9, color="tab:red",
+                label="above zero (Holm, 0.05)")
+    ax.legend(fontsize=7)
+
+
+def _verdict_caption(fig, verdict):
+    """The result's verdict under the panels (wrapped), then a tight layout that leaves room for it."""
+    import textwrap
+
+    if verdict:
+        fig.text(0.5, 0.01, textwrap.fill(verdict, 110), ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.05 if verdict else 0, 1, 1))
 
 
 def _window_labels(windows):
