@@ -139,7 +139,16 @@ def test_paired_contrast_is_the_mean_paired_difference():
     contrast = paired_bootstrap_contrast(x, y)
     assert contrast.mean == pytest.approx([0.5, 0.0], abs=1e-12)
     assert (contrast.ci_low[0], contrast.ci_high[0]) == pytest.approx((0.5, 0.5), abs=1e-12)
+    # 20 pairs, each its own cluster, all shifted one way: the bootstrap says 1/2001, the sign test's floor 2^-20.
     assert contrast.p_value[0] == pytest.approx(1 / 2001) and contrast.p_value[1] == 1.0
+    few = paired_bootstrap_contrast(x[:3], y[:3])
+    assert few.p_floor == 0.125 and few.p_value[0] == 0.125  # three clusters cannot say more than 1/8
+
+
+def test_two_group_contrast_floor_is_the_exact_permutation_minimum():
+    """Two toxic concepts all above three benign ones: no test on 5 clusters can give less than 1 / C(5, 2)."""
+    contrast = cluster_bootstrap_contrast([[1.0]] * 4, [[0.0]] * 6, ["a", "a", "b", "b"], ["c", "c", "d", "d", "e", "e"])
+    assert contrast.p_floor == pytest.approx(0.1) and contrast.p_value == [pytest.approx(0.1)]
 
 
 def test_holm_by_hand():

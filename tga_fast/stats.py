@@ -257,8 +257,14 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], clusters: Sequence[H
 @dataclass(frozen=True)
 class Contrast:
     """Per column (layer): ``mean`` of group x minus group y, its percentile interval ``[ci_low, ci_high]`` and
-    the one-sided bootstrap p-value of "the difference is not above zero" (``p_value``), with ``n_x``, ``n_y``
-    samples in ``clusters_x``, ``clusters_y`` clusters, by ``method``."""
+    the one-sided p-value of "the difference is not above zero" (``p_value``), with ``n_x``, ``n_y`` samples in
+    ``clusters_x``, ``clusters_y`` clusters, by ``method``.
+
+    ``p_value`` is the bootstrap's, raised to ``p_floor``: the smallest p-value an exact permutation test could
+    give with these clusters (``2**-K`` for K clusters of pairs, ``1 / C(K_x + K_y, K_x)`` for two groups). When
+    every cluster points one way no bootstrap resample crosses zero, and the bootstrap p-value is
+    ``1 / (resamples + 1)`` whatever the number of clusters: without the floor 3 clusters would look as sure as
+    300."""
 
     mean: list
     ci_low: list
@@ -270,6 +276,7 @@ class Contrast:
     clusters_y: int
     method: str
     confidence: float = CONFIDENCE
+    p_floor: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -287,7 +294,8 @@ def cluster_bootstrap_contrast(x: Sequence[Sequence[float]], y: Sequence[Sequenc
     """The per-column difference of means of two independent groups of rows, ``x [n_x, C]`` minus ``y [n_y, C]``
     (toxic minus benign refusal mass per layer), with a stratified cluster bootstrap: clusters are drawn with
     replacement within each group. ``p_value[c]`` = (1 + #resamples with difference <= 0) / (1 + resamples), a
-    one-sided test of "x is not above y" in column c (feed a sweep's p-values to :func:`holm`).
+    one-sided test of "x is not above y" in column c (feed a sweep's p-values to :func:`holm`), never below the
+    exact permutation floor (:class:`Contrast`).
     """
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)
@@ -299,12 +307,13 @@ def cluster_bootstrap_contrast(x: Sequence[Sequence[float]], y: Sequence[Sequenc
     draws = _resampled_means(xs, x_codes, resamples, rng) - _resampled_means(ys, y_codes, resamples, rng)  # [R, C]
     mean = xs.mean(0) - ys.mean(0)
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-    p_value = (1 + (draws <= 0).sum(0)) / (1 + resamples)
     kx, ky = int(x_codes.max()) + 1, int(y_codes.max()) + 1
+    floor = 1.0 / math.comb(kx + ky, kx)  # one group's clusters all above the other's: an exact permutation test
+    p_value = np.maximum((1 + (draws <= 0).sum(0)) / (1 + resamples), floor)
     method = (f"stratified cluster bootstrap, percentile ({resamples} resamples; clusters by {cluster_field}: "
               f"{kx} and {ky})")
     return Contrast(mean.tolist(), low.tolist(), high.tolist(), p_value.tolist(), len(xs), len(ys), kx, ky, method,
-                    confidence)
+                    confidence, floor)
 
 
 def paired_bootstrap_contrast(x: Sequence[Sequence[float]], y: Sequence[Sequence[float]],
@@ -323,11 +332,12 @@ def paired_bootstrap_contrast(x: Sequence[Sequence[float]], y: Sequence[Sequence
     diff = xs - ys
     draws = _resampled_means(diff, codes, resamples, np.random.default_rng(seed))  # [R, C]
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-    p_value = (1 + (draws <= 0).sum(0)) / (1 + resamples)
     k = int(codes.max()) + 1
+    floor = 0.5 ** k  # every cluster's difference positive: an exact sign-flip test
+    p_value = np.maximum((1 + (draws <= 0).sum(0)) / (1 + resamples), floor)
     method = f"paired cluster bootstrap, percentile ({resamples} resamples; {k} clusters by {cluster_field})"
     return Contrast(diff.mean(0).tolist(), low.tolist(), high.tolist(), p_value.tolist(), n, n, k, k, method,
-                    confidence)
+                    confidence, floor)
 
 
 def mean_t_interval(values: Sequence[float], *, confidence: float = CONFIDENCE) -> Estimate:

@@ -112,21 +112,10 @@ def mismatch_partners(labels: Sequence[Hashable], carried_labels: Sequence[Hasha
 def paired_contrast(x: Sequence[Sequence[float]], y: Sequence[Sequence[float]], clusters: Sequence[Hashable], *,
                     cluster_field: str, seed: int = 0) -> dict:
     """Per column, ``x - y`` of paired rows (``[n, C]`` each) by :func:`tga_fast.stats.paired_bootstrap_contrast`
-    (clusters of pairs resampled together), as ``Contrast.to_json()`` plus
-
-    - ``p_floor``: ``2 ** -K`` for ``K`` clusters, the smallest one-sided p-value any test of the sign of a mean
-      over ``K`` clusters can give (all ``K`` agreeing, under sign symmetry);
-    - ``p_holm``: Holm's adjustment over the ``C`` columns of ``max(p_value, p_floor)``.
-
-    Why the floor: when every cluster's difference has one sign, no bootstrap resample crosses zero and the
-    bootstrap p-value is ``1 / (resamples + 1)`` whatever ``K`` is, so 3 clusters would look as sure as 300. The
-    floor keeps a verdict from a handful of clusters from claiming more than a sign test could. (Local to the
-    analyses with a paired control; ``tga_fast.stats`` itself is unchanged.)
-    """
+    (clusters of pairs resampled together; its p-values never below the sign test's ``2 ** -K`` for K clusters), as
+    ``Contrast.to_json()`` plus ``p_holm``: Holm's adjustment over the ``C`` columns."""
     contrast = paired_bootstrap_contrast(x, y, clusters, cluster_field=cluster_field, seed=seed).to_json()
-    floor = 0.5 ** contrast["clusters_x"]
-    contrast["p_floor"] = floor
-    contrast["p_holm"] = holm([max(p, floor) for p in contrast["p_value"]])
+    contrast["p_holm"] = holm(contrast["p_value"])
     return contrast
 
 
