@@ -3,6 +3,7 @@ round trip, PNG; the interventions reach the generation (knockout over every blo
 decode under an explicit additive mask, skipping every block with decoding from the embeddings)."""
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,10 @@ from tga_fast.analysis import (
     layer_windows,
     steering_sweep,
 )
+from tga_fast.analysis.knockout_sweep_3c import COMPARISONS
 from tga_fast.analysis.steering_sweep_3e import _text_states
+from tga_fast.analysis.sweep_controls import control_token_mask
+from tga_fast.analysis.batching import encode
 from tga_fast.models import resolve
 from tga_fast.models.prompts import encode_prompts
 
@@ -63,20 +67,31 @@ def test_knockout_sweep_end_to_end(llava, samples, tmp_path):
     result = knockout_sweep(model, processor, samples, batch_size=3, window=2, max_new_tokens=4, judge=judge,
                             progress=False)
     assert result.windows == [[1, 2], [3, 4]]
-    assert len(result.knockout) == len(result.skip) == 2
+    assert len(result.knockout) == len(result.control) == len(result.skip) == 2
     assert [s["id"] for s in result.samples] == ["knife", "pills", "dog", "blade"]
     assert result.skipped == [{"id": "cup", "reason": "benign control (toxic=false)"}]
     rows = result.samples
     assert all(r["baseline"]["verdict"] == judge([r["baseline"]["response"]])[0] for r in rows)
     assert_rate(result.baseline, [r["baseline"]["verdict"] for r in rows])
-    for variant in ("knockout", "skip"):
+    for variant in ("knockout", "control", "skip"):
         for i, rate in enumerate(getattr(result, variant)):
             assert_rate(rate, [r[variant][i]["verdict"] for r in rows])
         # the intervention reaches the generation: some answer changes in some window
         assert any(r[variant][i]["response"] != r["baseline"]["response"] for r in rows for i in range(2))
-    assert set(result.scenes["baseline"]) == {"violence", "drugs"} and len(result.scenes["skip"]) == 2
+    assert all(len(r["control_positions"]) == r["toxic_tokens"] >= 1 for r in rows)
+    assert [r["cluster"] for r in rows] == [s.text for s in samples if s.toxic]  # concept: else the text
+    assert "clustered by concept" in result.baseline["method"] and result.baseline["clusters"] == 4
+    assert set(result.scenes["baseline"]) == {"violence", "drugs"} and len(result.scenes["control"]) == 2
     assert "USER:" in rows[0]["prompt"] and "red knife" in rows[0]["prompt"]
+    assert [set(c) for c in result.comparisons] == [{name for name, _, _ in COMPARISONS}] * 2
+    for window, comparison in zip(range(2), result.comparisons):  # control - knockout, on the stored verdicts
+        difference = comparison["knockout_vs_control"]["difference"]["value"]
+        assert difference == pytest.approx(result.control[window]["rate"] - result.knockout[window]["rate"])
+    assert result.significant_windows == [] and "in no window" in result.verdict  # 4 samples prove nothing
+    assert result.settings["seed"] == 0 and result.settings["cluster_by"] == "concept"
     assert_saved(result, tmp_path, KnockoutSweepResult)
+    marked = dataclasses.replace(result, significant_windows=[[3, 4]], verdict="made up")  # the shading draws
+    assert_saved(marked, tmp_path / "marked", KnockoutSweepResult)
 
 
 def greedy(model, tokenizer, input_ids, steps, mask_for=None):
@@ -125,8 +140,9 @@ def without_blocks(model, blocks):
 
 
 def test_windows_agree_with_a_slow_decode(llava, samples):
-    """Every window of both variants against an oracle that touches exactly the window's blocks: window [1, 2]
-    and [3, 4] of the 4-block model (an off-by-one between windows and blocks changes the answers)."""
+    """Every window of the three variants against an oracle that touches exactly the window's blocks (and, for the
+    control, exactly the control tokens): window [1, 2] and [3, 4] of the 4-block model (an off-by-one between
+    windows and blocks changes the answers)."""
     model, processor = llava
     tokenizer = processor.tokenizer
     sample = samples[0]
@@ -135,27 +151,37 @@ def test_windows_agree_with_a_slow_decode(llava, samples):
     encoded = encode_prompts(processor, [sample.to_prompt("text")])
     ids, blocked = encoded.batch["input_ids"], encoded.marked[0]
     assert blocked.any()
+    control = control_token_mask(encode(model, processor, [sample.to_prompt("text")]), [sample.id], seed=0)[0][0]
+    assert result.samples[0]["control_positions"] == control.nonzero()[:, 0].tolist()
 
-    def knockout_mask(length):  # causal, and no later query sees a blocked key
-        positions = torch.arange(length)
-        keys_blocked = torch.nn.functional.pad(blocked, (0, length - blocked.shape[0]))
-        earlier = positions[None, :] < positions[:, None]  # [query, key]
-        visible = (positions[None, :] <= positions[:, None]) & ~(keys_blocked[None, :] & earlier)
-        return torch.where(visible, 0.0, torch.finfo(torch.float32).min)[None, None]
+    def knockout_mask_of(keys):
+        def mask_for(length):  # causal, and no later query sees a key in ``keys``
+            positions = torch.arange(length)
+            keys_blocked = torch.nn.functional.pad(keys, (0, length - keys.shape[0]))
+            earlier = positions[None, :] < positions[:, None]  # [query, key]
+            visible = (positions[None, :] <= positions[:, None]) & ~(keys_blocked[None, :] & earlier)
+            return torch.where(visible, 0.0, torch.finfo(torch.float32).min)[None, None]
+
+        return mask_for
 
     responses = {}
     with torch.no_grad():
         for first, last in result.windows:
             blocks = range(first, last + 1)
-            with masked_blocks(model, blocks, knockout_mask):
+            with masked_blocks(model, blocks, knockout_mask_of(blocked)):
                 responses["knockout", first] = greedy(model, tokenizer, ids, 4)
+            with masked_blocks(model, blocks, knockout_mask_of(control)):
+                responses["control", first] = greedy(model, tokenizer, ids, 4)
             with without_blocks(model, blocks):
                 responses["skip", first] = greedy(model, tokenizer, ids, 4)
     for i, (first, _) in enumerate(result.windows):
         assert result.samples[0]["knockout"][i]["response"] == responses["knockout", first]
         assert result.samples[0]["skip"][i]["response"] == responses["skip", first]
-    # the oracle itself tells the windows apart, so the comparison above can fail on a shifted window
+        assert result.samples[0]["control"][i]["response"] == responses["control", first]
+    # the oracle itself tells the windows apart, so the comparison above can fail on a shifted window, and the
+    # control from the knockout, so it can fail on the wrong tokens
     assert responses["skip", 1] != responses["skip", 3]
+    assert any(responses["control", w] != responses["knockout", w] for w in (1, 3))
 
 
 def test_whole_model_skip_decodes_from_the_embeddings(llava, samples):
@@ -165,7 +191,9 @@ def test_whole_model_skip_decodes_from_the_embeddings(llava, samples):
     sample = samples[0]
     result = knockout_sweep(model, processor, [sample], batch_size=1, window=resolve(model).num_layers,
                             variants=("skip",), max_new_tokens=4, progress=False)
-    assert result.knockout == [] and all(row["knockout"] == [] for row in result.samples)
+    assert result.knockout == result.control == [] and all(row["knockout"] == [] for row in result.samples)
+    assert result.comparisons == [{"skip_vs_baseline": result.comparisons[0]["skip_vs_baseline"]}]
+    assert "not knocked out" in result.verdict
     parts = resolve(model)
     ids = prompt_ids = encode_prompts(processor, [sample.to_prompt("text")]).batch["input_ids"]
     with torch.no_grad():
@@ -193,28 +221,44 @@ def test_steering_vectors_are_pooled_text_states(llava, samples):
 
 def test_steering_sweep_end_to_end(llava, samples, tmp_path):
     model, processor = llava
-    result = steering_sweep(model, processor, samples, batch_size=3, window=2, max_new_tokens=4, judge=judge,
+    result = steering_sweep(model, processor, samples, batch_size=3, window=3, max_new_tokens=4, judge=judge,
                             progress=False)
-    assert result.windows == [[1, 2], [3, 4]] and result.scale == 1.0
+    assert result.windows == [[0, 2], [3, 4]] and result.scale == 1.0
     rows = result.samples
     assert [r["id"] for r in rows] == ["knife", "pills", "dog", "blade"]
     assert_rate(result.baseline, [r["baseline"]["verdict"] for r in rows])
-    for i, rate in enumerate(result.steered):
-        assert_rate(rate, [r["steered"][i]["verdict"] for r in rows])
-    assert any(r["steered"][i]["response"] != r["baseline"]["response"] for r in rows for i in range(2))
+    for condition in ("steered", "random", "mismatched"):
+        assert len(getattr(result, condition)) == 2
+        for i, rate in enumerate(getattr(result, condition)):
+            assert_rate(rate, [r[condition][i]["verdict"] for r in rows])
+        assert any(r[condition][0]["response"] != r["baseline"]["response"] for r in rows)
+    # every text is its own concept: the next sample in the run is the partner, across batches too
+    assert [r["mismatched_with"] for r in rows] == ["pills", "dog", "blade", "knife"]
+    assert "clustered by concept" in result.steered[0]["method"]
+    for window, comparison in enumerate(result.comparisons):  # steered - control, on the stored verdicts
+        for control in ("random", "mismatched"):
+            difference = comparison[f"steered_vs_{control}"]["difference"]["value"]
+            assert difference == pytest.approx(result.steered[window]["rate"] - getattr(result, control)[window]["rate"])
+    assert result.significant_windows == [] and "in no window" in result.verdict
     assert "<image>" in rows[0]["prompt"]
     assert_saved(result, tmp_path, SteeringSweepResult)
-    zero = steering_sweep(model, processor, samples[:2], batch_size=2, window=4, scale=0.0, max_new_tokens=4,
-                          progress=False)  # adding nothing is the baseline
-    assert all(r["steered"][0]["response"] == r["baseline"]["response"] for r in zero.samples)
+    marked = dataclasses.replace(result, significant_windows=[[0, 2]], verdict="made up")  # the shading draws
+    assert_saved(marked, tmp_path / "marked", SteeringSweepResult)
+    zero = steering_sweep(model, processor, samples[:2], batch_size=1, window=5, scale=0.0, max_new_tokens=2,
+                          progress=False)  # adding nothing (and a random vector of norm 0) is the baseline
+    assert zero.windows == [[0, 4]]
+    assert all(r[c][0]["response"] == r["baseline"]["response"] for r in zero.samples for c in ("steered", "random",
+                                                                                                 "mismatched"))
+    assert [r["mismatched_with"] for r in zero.samples] == ["pills", "knife"]  # a batch of one has a partner too
 
 
 def test_steering_reaches_only_later_blocks(llava, samples):
     """Layer N (the final norm's output) feeds no block: steering there leaves every answer as it was, while a
     window below it changes some; a window shifted by one layer would break one of the two."""
     model, processor = llava
-    result = steering_sweep(model, processor, samples[:3], batch_size=3, window=3, max_new_tokens=4, progress=False)
-    assert result.windows == [[1, 3], [4, 4]]
+    result = steering_sweep(model, processor, samples[:3], batch_size=3, window=4, max_new_tokens=4, progress=False,
+                            controls=())
+    assert result.windows == [[0, 3], [4, 4]]
     rows = result.samples
     assert all(r["steered"][1]["response"] == r["baseline"]["response"] for r in rows)
     assert any(r["steered"][0]["response"] != r["baseline"]["response"] for r in rows)

@@ -174,26 +174,54 @@ def _dsr_axes(ax, windows, baseline, title):
 
 
 def plot_knockout_sweep(result):
-    """DSR per window of knocked-out (and skipped) layers, against the no-intervention DSR."""
+    """DSR per window of decoder blocks for the knockout of the toxic tokens, its control (as many other tokens)
+    and whole blocks skipped, with their clustered intervals; the no-intervention DSR as a line with its band; the
+    windows where the knockout lowers the DSR beyond the control shaded."""
     fig, ax = _axes()
-    positions = list(range(len(result.windows)))
-    if result.knockout:
-        _dsr_series(ax, [p - 0.06 for p in positions], result.knockout, "attention to toxic tokens knocked out",
-                    "tab:red", "o")
-    if result.skip:
-        _dsr_series(ax, [p + 0.06 for p in positions], result.skip, "whole layers skipped", "tab:blue", "s")
+    series = [("knockout", "attention to the toxic tokens knocked out", "tab:red", "o"),
+              ("control", "as many other tokens knocked out (control)", "tab:orange", "^"),
+              ("skip", "whole blocks skipped", "tab:blue", "s")]
+    _sweep_series(ax, result, series)
     _dsr_axes(ax, result.windows, result.baseline,
               f"Information-flow knockout on toxic text ({result.baseline['total']} samples)")
+    _sweep_marks(ax, result, "knockout below control and baseline")
+    ax.set_xlabel("decoder blocks of the window")
     fig.tight_layout()
     return fig
 
 
+def _sweep_series(ax, result, series):
+    """One DSR series per ``(field, label, color, marker)`` of ``series`` that ran (a non-empty list of rates on
+    ``result``), side by side within each window."""
+    ran = [s for s in series if getattr(result, s[0])]
+    for k, (name, label, color, marker) in enumerate(ran):
+        offset = (k - (len(ran) - 1) / 2) * 0.1
+        _dsr_series(ax, [p + offset for p in range(len(result.windows))], getattr(result, name), label, color,
+                    marker)
+
+
+def _sweep_marks(ax, result, label):
+    """Shades ``result.significant_windows``, names the interval's method on the y axis, redraws the legend."""
+    for k, bounds in enumerate(result.significant_windows):
+        i = result.windows.index(list(bounds))
+        ax.axvspan(i - 0.4, i + 0.4, color="gold", alpha=0.25, linewidth=0,
+                   label=f"significant: {label} (McNemar, Holm)" if k == 0 else None)
+    ax.set_ylabel(f"DSR (95% interval, clustered by {result.settings.get('cluster_by', 'concept')})")
+    ax.legend(fontsize=7)
+
+
 def plot_steering_sweep(result):
-    """DSR on toxic images per window of steered layers, against the unsteered DSR."""
+    """DSR on toxic images per window of steered layers (the text's own state, a random vector of its norm, a
+    mismatched text's state) with their clustered intervals; the unsteered DSR as a line with its band; the windows
+    where steering raises the DSR beyond the controls shaded."""
     fig, ax = _axes()
-    _dsr_series(ax, list(range(len(result.windows))), result.steered, "text states added to image tokens",
-                "tab:green", "o")
+    series = [("steered", "text's own states added to image tokens", "tab:green", "o"),
+              ("random", "random vector of the same norm", "tab:brown", "^"),
+              ("mismatched", "another text's states", "tab:purple", "s")]
+    _sweep_series(ax, result, series)
     _dsr_axes(ax, result.windows, result.baseline,
               f"Hidden-state steering on toxic images ({result.baseline['total']} samples, scale {result.scale:g})")
+    _sweep_marks(ax, result, "steered above controls and baseline")
+    ax.set_xlabel("HF layers of the window (0 = input embeddings)")
     fig.tight_layout()
     return fig
