@@ -15,7 +15,7 @@ from tga_fast.analysis.controls import (
     columns_above,
     control_positions,
     describe_runs,
-    mismatch_partners,
+    batch_mismatch_partners,
     paired_contrast,
 )
 from tga_fast.models import resolve
@@ -174,8 +174,8 @@ def test_mismatch_partners_are_a_derangement_with_fewest_same_concept_pairs():
         b = rng.randint(2, 9)
         labels = [rng.choice("abcd"[: rng.randint(1, 4)]) for _ in range(b)]
         carried = [rng.choice("abcde") for _ in range(rng.randint(0, 3))]
-        partners = mismatch_partners(labels, carried, key=str(trial), seed=7)
-        assert partners == mismatch_partners(labels, carried, key=str(trial), seed=7)
+        partners = batch_mismatch_partners(labels, carried, key=str(trial), seed=7)
+        assert partners == batch_mismatch_partners(labels, carried, key=str(trial), seed=7)
         assert all(p is not None and p != i for i, p in enumerate(partners))
         assert len(set(partners)) == b  # every text (of the batch or carried) goes to one image at most
         pool = labels + carried
@@ -183,10 +183,10 @@ def test_mismatch_partners_are_a_derangement_with_fewest_same_concept_pairs():
         largest = max(labels.count(label) for label in labels)
         fewest = max(0, 2 * largest - b)  # the fewest possible inside the batch (carried texts may do better)
         assert same == fewest if not carried else same <= fewest
-    assert mismatch_partners(["a"], key="k") == [None]
-    assert mismatch_partners(["a"], ["a", "b", "a"], key="k") == [2]  # the carried text of another concept
-    assert mismatch_partners(["a"], ["a"], key="k") == [1]  # of the same concept rather than none
-    assert mismatch_partners(["a", "a"], key="k") == [1, 0]  # one concept: still never its own text
+    assert batch_mismatch_partners(["a"], key="k") == [None]
+    assert batch_mismatch_partners(["a"], ["a", "b", "a"], key="k") == [2]  # the carried text of another concept
+    assert batch_mismatch_partners(["a"], ["a"], key="k") == [1]  # of the same concept rather than none
+    assert batch_mismatch_partners(["a", "a"], key="k") == [1, 0]  # one concept: still never its own text
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tga_fast.analysis.steering_sweep_3e import _text_states, control_vectors, s
 from tga_fast.analysis.sweep_controls import (
     compare_windows,
     control_token_mask,
-    mismatch_partners,
+    run_mismatch_partners,
     random_like,
     window_comparisons,
 )
@@ -136,11 +136,11 @@ def test_random_vectors_keep_each_norm_along_one_seeded_direction_per_sample():
 
 
 def test_mismatch_partners_roll_to_another_cluster():
-    assert mismatch_partners(["a", "a", "b", "c", "c"]) == [2, 2, 3, 0, 0]
-    assert mismatch_partners(["a", "b"]) == [1, 0]
-    assert mismatch_partners(["a", "b", "b", "a"]) == [1, 3, 3, 1]  # past the end it wraps around
-    assert mismatch_partners(["a", "a", "a"]) == [1, 2, 0]  # no other label: another sample all the same
-    assert mismatch_partners(["a"]) == [None]
+    assert run_mismatch_partners(["a", "a", "b", "c", "c"]) == [2, 2, 3, 0, 0]
+    assert run_mismatch_partners(["a", "b"]) == [1, 0]
+    assert run_mismatch_partners(["a", "b", "b", "a"]) == [1, 3, 3, 1]  # past the end it wraps around
+    assert run_mismatch_partners(["a", "a", "a"]) == [1, 2, 0]  # no other label: another sample all the same
+    assert run_mismatch_partners(["a"]) == [None]
 
 
 def test_control_vectors_are_the_text_states_their_norms_and_another_texts_states(llava, samples):

@@ -2,7 +2,7 @@
 
 - :func:`control_positions`: 3B's control span, as many non-toxic tokens of the user's content as there are toxic
   ones, seeded per sample id (a contiguous run when one exists, else a random set).
-- :func:`mismatch_partners`: 3D's mismatched pairs inside one batch, a seeded derangement that pairs an image with
+- :func:`batch_mismatch_partners`: 3D's mismatched pairs inside one batch, a seeded derangement that pairs an image with
   the text of another concept wherever the batch allows it (texts of the previous batch, carried, fill in).
 - :func:`paired_contrast`: the per-column paired cluster-bootstrap contrast of :mod:`tga_fast.stats` with Holm's
   adjustment over the sweep, as the JSON dict the results store; :func:`columns_above` and :func:`describe_runs`
@@ -12,7 +12,7 @@ Everything here works on host values (lists, CPU tensors): the analyses copy one
 choose there, so there is no per-sample device sync.
 
     positions = control_positions(candidates[i], size=7, key=sample.id, seed=0)   # list of 7 ints, or None
-    partners = mismatch_partners(["cat", "dog", "dog"], ["cow"], key="a/b/c")  # [1, 3, 0]: no own text, a cow for a dog
+    partners = batch_mismatch_partners(["cat", "dog", "dog"], ["cow"], key="a/b/c")  # [1, 3, 0]: no own text, a cow for a dog
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from tga_fast.stats import holm, paired_bootstrap_contrast
 
-__all__ = ["ALPHA", "columns_above", "control_positions", "describe_runs", "mismatch_partners", "paired_contrast"]
+__all__ = ["ALPHA", "columns_above", "control_positions", "describe_runs", "batch_mismatch_partners", "paired_contrast"]
 
 ALPHA = 0.05  # family-wise level of the verdicts (Holm over the layers or blocks of one analysis)
 
@@ -58,7 +58,7 @@ def control_positions(candidates: torch.Tensor, size: int, *, key: str, seed: in
     return sorted(rng.sample(candidates.nonzero()[:, 0].tolist(), size))
 
 
-def mismatch_partners(labels: Sequence[Hashable], carried_labels: Sequence[Hashable] = (), *, key: str,
+def batch_mismatch_partners(labels: Sequence[Hashable], carried_labels: Sequence[Hashable] = (), *, key: str,
                       seed: int = 0) -> list[int | None]:
     """For each image of a batch, the text it is mismatched with: an index into the pool
     ``[the batch's texts 0..b-1, then the carried texts b..b+m-1]`` (the previous batch's, say), or None.

@@ -7,7 +7,7 @@ image's place and no image at all). Pooled states come from ``capture`` (no hidd
 With a CLIP-style dual encoder, the image-text cosine of the same pairs is the reference line.
 
 The control (METHOD.md 3, "Controls"): mismatched pairs, the image of one sample against the text of another
-(of another concept wherever the batch has one; :func:`tga_fast.analysis.controls.mismatch_partners`), paired
+(of another concept wherever the batch has one; :func:`tga_fast.analysis.controls.batch_mismatch_partners`), paired
 inside each batch so that only one batch's pooled states are ever held. The result reports matched minus
 mismatched per layer with a paired cluster-bootstrap interval, Holm over the layers, the CLIP cosine of the same
 mismatched pairs, and a one-sentence verdict.
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.controls import ALPHA, columns_above, describe_runs, mismatch_partners, paired_contrast
+from tga_fast.analysis.controls import ALPHA, columns_above, describe_runs, batch_mismatch_partners, paired_contrast
 from tga_fast.analysis.options import AnalysisOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
@@ -137,7 +137,7 @@ def modality_similarity(
     for every sample (toxic or benign: the pairs only need the same meaning), and of each image with another
     sample's text (the mismatched control); two forwards per batch.
 
-    Mismatched pairs are made inside each batch by :func:`tga_fast.analysis.controls.mismatch_partners` (seeded by
+    Mismatched pairs are made inside each batch by :func:`tga_fast.analysis.controls.batch_mismatch_partners` (seeded by
     ``seed`` and the batch's ids): a derangement of the batch's texts that gives each image the text of another
     concept (``cluster_by``) wherever the batch allows it, topped up with the previous batch's texts, which are
     carried (``[N+1, b, D]``, one batch) so that a batch of one sample has a partner too. Only the very first batch,
@@ -176,14 +176,14 @@ def modality_similarity(
             text_states = text_cap.pooled[:, :, 0].float()  # [N+1, b, D]
             carried_states, carried_labels, carried_rows = carried or (text_states[:, :0], [], [])
             pool = torch.cat([text_states, carried_states], dim=1)  # [N+1, b+m, D]: this batch's texts first
-            partners = mismatch_partners(labels, carried_labels, key="/".join(ids), seed=seed)
+            partners = batch_mismatch_partners(labels, carried_labels, key="/".join(ids), seed=seed)
             # An image without a partner is compared with its own text here and the column is dropped below.
             pick = torch.tensor([i if p is None else p for i, p in enumerate(partners)], device=pool.device)
             columns = [image_states, image_states]
             texts = [text_states, pool[:, pick]]
             late = None
             if pending is not None:  # the first sample's image, alone in its batch, meets the first other texts
-                late = mismatch_partners([pending[2]], labels, key=f"{pending[0]}>{'/'.join(ids)}", seed=seed)[0] - 1
+                late = batch_mismatch_partners([pending[2]], labels, key=f"{pending[0]}>{'/'.join(ids)}", seed=seed)[0] - 1
                 columns.append(pending[1][:, None])
                 texts.append(text_states[:, late : late + 1])
             cos = torch.nn.functional.cosine_similarity(torch.cat(columns, 1), torch.cat(texts, 1), dim=-1)

@@ -158,10 +158,10 @@ def steering_sweep(
 
     Each batch runs one text forward (the vectors: its own texts and its partners') and
     ``1 + (1 + len(controls)) * len(windows)`` evaluations. A mismatched partner is chosen over the whole run
-    (:func:`~tga_fast.analysis.sweep_controls.mismatch_partners`), so a batch of one has one too.
+    (:func:`~tga_fast.analysis.sweep_controls.run_mismatch_partners`), so a batch of one has one too.
     """
     from tga_fast.analysis.batching import Batches, prepare, run_settings
-    from tga_fast.analysis.sweep_controls import mismatch_partners, window_comparisons, window_rates
+    from tga_fast.analysis.sweep_controls import run_mismatch_partners, window_comparisons, window_rates
     from tga_fast.errors import require_positive
     from tga_fast.evaluation.data import cluster_label
     from tga_fast.evaluation.dsr import evaluate_dsr
@@ -186,7 +186,7 @@ def steering_sweep(
     common = dict(condition="image", judge=judge, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs,
                   progress=False, cluster_by=cluster_by, **options)
     labels = [cluster_label(s, cluster_by) for s in kept]
-    partner_of = {str(s.id): (kept[j] if j is not None else s) for s, j in zip(kept, mismatch_partners(labels))}
+    partner_of = {str(s.id): (kept[j] if j is not None else s) for s, j in zip(kept, run_mismatch_partners(labels))}
 
     def steering(window_layers: list[int], vectors: torch.Tensor):
         return lambda encoded: steer(model, window_layers, encoded.spans.select("image"), vectors, mode="add")

@@ -4,12 +4,16 @@ with them.
 - 3C (:mod:`~tga_fast.analysis.knockout_sweep_3c`): :func:`control_token_mask` picks, per prompt, as many
   non-toxic user tokens as the prompt has toxic ones, to knock out instead of the toxic tokens.
 - 3E (:mod:`~tga_fast.analysis.steering_sweep_3e`): :func:`random_like` gives a random vector of the text state's
-  norm, :func:`mismatch_partners` the sample whose text state is added instead of the sample's own.
+  norm, :func:`run_mismatch_partners` the sample whose text state is added instead of the sample's own.
 - Both: :func:`compare_windows` runs one paired comparison per window (exact McNemar, paired cluster-bootstrap
   interval of the difference) and adjusts the McNemar p-values over the windows with Holm.
 
 Every random choice is seeded by ``(seed, sample id)`` (:func:`sample_generator`), so a sample gets the same control
 whatever batch it lands in and whatever else is in the run.
+
+3B's control (:func:`tga_fast.analysis.controls.control_positions`) is a contiguous span where one fits: it stands
+for "an equally long stretch of other words" to compare attention with. 3C's is a random set: knocking out a
+random sample of as many other tokens is what separates "these tokens" from "any tokens this many".
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Hashable, Sequence
 
 import torch
 
+from tga_fast.analysis.controls import ALPHA  # one family-wise level for every analysis' verdict
+
 __all__ = [
     "ALPHA",
     "compare_windows",
     "control_token_mask",
-    "mismatch_partners",
+    "run_mismatch_partners",
     "percent",
     "random_like",
     "sample_generator",
@@ -35,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 0.05  # the family-wise error level of every sweep's Holm-adjusted McNemar tests
 CONTROL_PIECES = ("text", "question")  # the user's own content: where the control tokens are drawn from
 
 
@@ -107,7 +112,7 @@ def random_like(states: torch.Tensor, sample_ids: Sequence[str], seed: int) -> t
     return (norms * directions[None]).to(states.dtype)
 
 
-def mismatch_partners(clusters: Sequence[Hashable]) -> list[int | None]:
+def run_mismatch_partners(clusters: Sequence[Hashable]) -> list[int | None]:
     """For each sample, the index of the sample whose text state is its mismatched control: the next one after it
     (cyclically, over the whole run, not only its batch) with another cluster label; when every other sample shares
     its label, the next sample; None for a run of one sample."""
