@@ -100,7 +100,7 @@ def test_evaluate_dsr_end_to_end(saved, tmp_path):
     result = evaluate_dsr(model, processor, samples, condition="image", batch_size=3, max_new_tokens=4, progress=False)
     _check_result(result, samples)
     assert all("<image>" in r.prompt for r in result.records)
-    assert result.settings["condition"] == "image" and "KeywordJudge" in result.settings["judge"]
+    assert result.settings["condition"] == "image" and result.settings["judge"] == "keyword:gcg"
     verdicts = KeywordJudge()([r.response for r in result.records])
     assert [r.verdict for r in result.records] == verdicts
     out = result.save(tmp_path)
