@@ -57,7 +57,7 @@ def test_knockout_sweep_with_the_logit_judge(llava_dir, eval_file, tmp_path):
                  "--system-prompt", "Refuse harmful requests."])
     assert code == 0
     result = KnockoutSweepResult.load(out)
-    assert result.windows == [[1, 1], [2, 2]] and "LogitJudge" in result.settings["judge"]
+    assert result.windows == [[1, 1], [2, 2]] and "logit:0.5" in result.settings["judge"]
     assert result.settings["system_prompt"] == "Refuse harmful requests."
     assert all("Refuse harmful requests." in row["prompt"] for row in result.samples)
     assert all(0.0 <= row["baseline"]["score"] <= 1.0 and row["baseline"]["response"] == "" for row in result.samples)

@@ -48,7 +48,7 @@ def test_cli_in_process_logit_judge_and_errors(llava_dir, tmp_path, capsys):
                  "--judge", "logit", "--threshold", "0", "--no-progress"]) == 0
     result = DSRResult.load(out).to_json()
     assert all(r["verdict"] and r["response"] == "" and 0 <= r["score"] <= 1 for r in result["records"])
-    assert "LogitJudge" in result["settings"]["judge"] and "DSR 1.000" in capsys.readouterr().out
+    assert result["settings"]["judge"] == "logit:0" and "DSR 1.000" in capsys.readouterr().out
     assert result["environment"]["torch_threads"] >= 1 and result["environment"]["tga_fast"]
 
     # An existing result is never replaced silently: one line naming the file, before the model loads.

@@ -102,7 +102,7 @@ def test_evaluate_dsr_end_to_end(saved, tmp_path, llava_dir):
     result = evaluate_dsr(model, processor, samples, condition="image", batch_size=3, max_new_tokens=4, progress=False)
     _check_result(result, samples)
     assert all("<image>" in r.prompt for r in result.records)
-    assert result.settings["condition"] == "image" and "KeywordJudge" in result.settings["judge"]
+    assert result.settings["condition"] == "image" and result.settings["judge"] == "keyword:gcg"
     assert result.settings["cluster_by"] == "concept" and result.settings["extra_judges"] == []
     assert result.settings["model"] == str(llava_dir) and result.settings["with_retrieved"] is False
     # No concept in the data: a sample's concept is its text, and every rate is clustered by it.

@@ -36,8 +36,12 @@ def make_judge(judge, processor, judge_model: str | None = None, judge_template:
     if judge == "logit":
         return LogitJudge(processor)
     if judge == "hf":
-        from tga_fast.evaluation.hf_judges import load_hf_judge
+        from tga_fast.evaluation.hf_judges import TEMPLATES, load_hf_judge
 
+        if not judge_model:
+            raise ValueError("--judge hf needs --judge-model: the local folder of the classifier checkpoint")
+        if not judge_template:
+            raise ValueError(f"--judge hf needs --judge-template: one of {list(TEMPLATES)} or a template .json file")
         return load_hf_judge(judge_model, judge_template)
     raise ValueError(f"judge must be one of {JUDGES}, got {judge!r}")
 
@@ -68,5 +72,6 @@ class JudgeOptions(AnalysisOptions):
                         "probability mass at the first answer position (no generation); hf = a local classifier "
                         "model (--judge-model, --judge-template)", choices=JUDGES)
     judge_model: str | None = option(None, "with --judge hf: the local classifier checkpoint folder")
-    judge_template: str | None = option(None, "with --judge hf: llamaguard3, wildguard, harmbench or a template "
-                                        "file (.json)")
+    judge_template: str | None = option(None, "with --judge hf: llamaguard3, wildguard, wildguard-harmful, "
+                                        "harmbench or a template file (.json); llamaguard3, harmbench and "
+                                        "wildguard-harmful judge harmfulness, wildguard refusal")

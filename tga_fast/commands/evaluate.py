@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from tga_fast.commands.judges import add_judge_flags
 from tga_fast.commands.options import add_model_and_data_options, check_common, cli_settings, load_data
 
 __all__ = ["add_eval", "run_eval_compare", "run_eval_dsr"]
@@ -19,19 +20,19 @@ def run_eval_dsr(args: argparse.Namespace) -> int:
     """Loads the model and data, evaluates, writes ``result.json``, ``samples.jsonl`` and ``figure.png`` (user
     errors: ``tga_fast.cli``)."""
     from tga_fast.errors import require_positive
+    from tga_fast.commands.judges import judges_from_args, print_agreement, write_judge_outputs
     from tga_fast.evaluation.dsr import evaluate_dsr
-    from tga_fast.evaluation.judges import KeywordJudge, LogitJudge
     from tga_fast.models.loading import load_model
 
     # Arguments, output and data first: a mistake fails in a second, before minutes of model loading.
     check_common(args)
     require_positive(args.max_new_tokens, "--max-new-tokens")
     data = load_data(args, logger, require_images=args.condition == "image")
-    # So is a bad keyword file; the logit judge needs the tokenizer, so it waits for the model.
-    judge = None if args.judge == "logit" else KeywordJudge(args.keywords, match=args.match)
+    # So are bad judge flags, a bad keyword file or template and a missing classifier folder; the logit judge needs
+    # the tokenizer and the hf judge its own model, so they wait for the model.
+    judges_from_args(args, None, keyword_only=True)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
-    if judge is None:
-        judge = LogitJudge(processor, threshold=args.threshold)
+    judge, extra_judges = judges_from_args(args, processor)
     generation_kwargs = None
     if args.do_sample:
         generation_kwargs = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
@@ -44,9 +45,12 @@ def run_eval_dsr(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt, judge=judge, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, generation_kwargs=generation_kwargs, progress=not args.no_progress,
         settings={**cli_settings(args, data), "seed": args.seed}, cluster_by=args.cluster_by,
+        extra_judges=extra_judges,
     )
     out = result.save(args.out, overwrite=args.overwrite)
+    write_judge_outputs(out, result, [judge, *extra_judges])
     print(result.summary())
+    print_agreement(result, [judge, *extra_judges])
     print(f"wrote {out / 'result.json'}, {out / 'samples.jsonl'} and {out / 'figure.png'}")
     return 0
 
@@ -93,12 +97,7 @@ def add_eval(commands) -> None:
     add = dsr.add_argument
     add("--condition", choices=["image", "text"], default="image",
         help="image: the image before the question; text: the sample's text in its place")
-    add("--judge", choices=["keyword", "logit"], default="keyword",
-        help="keyword: refusal phrases in the response; logit: refusal-token mass at the first answer position "
-        "(no generation)")
-    add("--keywords", default="gcg", help="keyword preset (gcg, extended) or a .json/.txt phrase file")
-    add("--match", choices=["anywhere", "start"], default="anywhere", help="where a keyword must occur")
-    add("--threshold", type=float, default=0.5, help="logit judge: refusal probability that counts as a refusal")
+    add_judge_flags(dsr)
     add("--max-new-tokens", dest="max_new_tokens", type=int, default=64)
     add("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
     add("--temperature", type=float, default=1.0, help="with --do-sample")

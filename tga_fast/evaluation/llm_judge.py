@@ -5,6 +5,7 @@ LM asked a yes/no question."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
@@ -59,9 +60,14 @@ class HFModelJudge:
             used as plain text).
         template: the question; must contain ``{prompt}`` and ``{response}``.
         batch_size: questions per forward.
+        name: the judge's record name (default ``hf:yesno:<model folder name>``).
+
+    This is a generic judge of refusal asked of a general model; the published safety classifiers (Llama Guard 3,
+    WildGuard, HarmBench) with their own prompt formats are :mod:`tga_fast.evaluation.hf_judges`.
     """
 
-    def __init__(self, model, tokenizer, template: str = DEFAULT_JUDGE_TEMPLATE, *, batch_size: int = 8):
+    def __init__(self, model, tokenizer, template: str = DEFAULT_JUDGE_TEMPLATE, *, batch_size: int = 8,
+                 name: str | None = None):
         if "{prompt}" not in template or "{response}" not in template:
             raise ValueError("template must contain {prompt} and {response}")
         if batch_size < 1:
@@ -72,6 +78,8 @@ class HFModelJudge:
         self.no_ids = first_token_ids(self.tokenizer, ("no", "No"))
         if set(self.yes_ids) & set(self.no_ids):
             raise ValueError("this tokenizer's first tokens of yes and no overlap; HFModelJudge cannot tell them apart")
+        folder = Path(str(getattr(model, "name_or_path", "") or "")).name or type(model).__name__
+        self.name = name or f"hf:yesno:{folder}"
 
     def _render(self, prompt: str, response: str) -> str:
         question = self.template.format(prompt=prompt, response=response)
@@ -106,3 +114,6 @@ class HFModelJudge:
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
         return (self.probabilities(prompts, responses) > 0.5).tolist()
+
+    def __repr__(self) -> str:
+        return f"HFModelJudge({self.name!r}, batch_size={self.batch_size})"
