@@ -30,9 +30,21 @@ def test_outputs_have_the_report_structure(quick_demo):
             assert 0.0 <= scores["dsr"]["rate"] <= 1.0 and scores["dsr"]["total"] > 0
         assert len(saved["lvlm"][method]["similarity"]) == saved["configs"]["text_llm"]["layers"] + 1
     report = (out / "report.md").read_text()
-    for heading in ("## DSR on toxic images", "## Targets", "## What we tried", "located safety layers",
-                    "## What these numbers depend on"):
+    for heading in ("## DSR on toxic images", "## Targets", "## What we tried", "## What these numbers depend on",
+                    "## Each alignment against the baseline", "clustered by concept"):
         assert heading in report
+    # Every analysis reports its control and verdict (issue 12), and rates carry clustered intervals.
+    text = saved["text_llm"]
+    assert text["safety_layers"]["verdict"] and text["safety_layers"]["contrast"]["p_holm"]
+    assert len(text["safety_layers"]["benign_refusal_prob"]) == len(text["safety_layers"]["refusal_prob"])
+    assert text["attention_share_verdict"] and text["knockout_verdict"] and set(text["knockout_control"]) == set(
+        text["knockout"])
+    for key in ("similarity_mismatched", "similarity_verdict"):
+        assert saved["lvlm"]["baseline"][key]
+    assert saved["lvlm"]["baseline"]["steering_verdict"] and "0-" in "".join(saved["lvlm"]["baseline"]["steering"])
+    dsr = saved["lvlm"]["baseline"]["without_retrieved"]["dsr"]
+    assert dsr["clusters"] == saved["world"]["toxic"] and "concept" in dsr["method"]
+    assert set(saved["comparisons"]) == {"tga_paper", "tga"}
     for name in FIGURES.values():
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, name

@@ -1,7 +1,9 @@
 """The paper's five analyses on the world's models, through ``tga_fast.analysis`` (the same functions a user runs on
 a 7B checkpoint), over the world's evaluation set written in the library's JSONL format
 (``tga_fast.evaluation.data``): every fresh evaluation image as a PNG, one line per (image, use-request), the
-object word marked as the toxic word, the retrieved text attached, benign images as controls.
+object word marked as the toxic word, the object as the sample's ``concept`` (what intervals are clustered by), the
+retrieved text attached, benign images as controls. Each analysis reports its control, its contrast and a verdict;
+the summaries below keep them beside the curves.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def write_eval_set(folder, world: World, images, labels, retrieved) -> Path:
             lines.append({
                 "id": f"{i:04d}-{q}", "image": name, "text": caption_of(colour, concept),
                 "scene": world.concept(concept).scene, "toxic_words": [concept] if toxic else [],
-                "prompt": question, "retrieved": retrieved[i], "toxic": toxic,
+                "prompt": question, "retrieved": retrieved[i], "toxic": toxic, "concept": concept,
             })
     path = folder / "eval.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -52,35 +54,47 @@ class DualEncoderSide:
 
 
 def text_llm_analyses(llm, tokenizer, samples, width: int, out: Path | None = None) -> dict:
-    """3A, 3B, 3C on the text LLM (toxic requests as text). Returns the numbers the report uses."""
+    """3A, 3B, 3C on the text LLM (toxic requests as text, benign ones as 3A's control). Returns the numbers the
+    report uses."""
     from tga_fast.analysis import attention_share, knockout_sweep, safety_layers
 
     options = dict(batch_size=64, progress=False)
-    safety = safety_layers(llm, tokenizer, samples, **options)  # refusal ids from the tokenizer: "sorry" here
+    safety = safety_layers(llm, tokenizer, samples, max_new_tokens=10, **options)
     share = attention_share(llm, tokenizer, samples, **options)
-    knock = knockout_sweep(llm, tokenizer, samples, window=width, variants=("knockout", "skip"), max_new_tokens=10,
-                           **options)
+    knock = knockout_sweep(llm, tokenizer, samples, window=width, max_new_tokens=10, **options)
     if out is not None:
         for name, result in (("3a_safety_layers", safety), ("3b_attention_share", share), ("3c_knockout", knock)):
             result.save(out / name, overwrite=True)
-    knockout = {"none": knock.baseline["rate"]}
-    knockout.update({f"{a}-{b}": r["rate"] for (a, b), r in zip(knock.windows, knock.knockout)})
-    skipped = {f"{a}-{b}": r["rate"] for (a, b), r in zip(knock.windows, knock.skip)}
     return {
         "safety_layers": {
             "layers": safety.layers, "refusal_prob": safety.refusal_mass_mean, "range": safety.safety_range,
+            "benign_refusal_prob": safety.benign_mass_mean, "contrast": safety.contrast, "verdict": safety.verdict,
+            "paper_range": safety.paper_range, "behaviour": safety.behaviour, "refusal_tokens": safety.refusal_tokens,
             "starts": safety.starts, "ends": safety.ends, "start_not_found": safety.start_not_found_rate,
             "end_not_found": safety.end_not_found_rate,
         },
         "attention_share": share.share_mean,
+        "attention_share_control": share.control_share_mean,
+        "attention_share_verdict": share.verdict,
         "attention_share_uniform": share.uniform_share_mean,
-        "knockout": knockout,
-        "skip_layers": skipped,
+        "knockout": _window_rates(knock.windows, knock.baseline, knock.knockout),
+        "knockout_control": _window_rates(knock.windows, knock.baseline, knock.control),
+        "skip_layers": _window_rates(knock.windows, None, knock.skip),
+        "knockout_significant": [f"{a}-{b}" for a, b in knock.significant_windows],
+        "knockout_verdict": knock.verdict,
     }
 
 
+def _window_rates(windows, baseline: dict | None, rates: list) -> dict:
+    """``{"none": baseline rate, "a-b": rate per window}`` (the form report.md and the targets read)."""
+    out = {} if baseline is None else {"none": baseline["rate"]}
+    out.update({f"{a}-{b}": r["rate"] for (a, b), r in zip(windows, rates)})
+    return out
+
+
 def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, out: Path | None = None) -> dict:
-    """3D (all samples, with the dual encoder's cosine as the reference line) and, if asked, 3E (toxic images)."""
+    """3D (all samples, with mismatched pairs as the control and the dual encoder's cosine as the reference line)
+    and, if asked, 3E (toxic images; a random vector of the same norm and a mismatched text's state as controls)."""
     from tga_fast.analysis import modality_similarity, steering_sweep
 
     similarity = modality_similarity(model, processor, samples, batch_size=64, progress=False, clip=clip)
@@ -88,8 +102,11 @@ def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, o
     with_retrieved = modality_similarity(model, processor, samples, batch_size=64, progress=False, with_retrieved=True)
     result = {
         "similarity": similarity.cosine_mean,
+        "similarity_mismatched": similarity.mismatched_cosine_mean,
+        "similarity_verdict": similarity.verdict,
         "similarity_with_retrieved": with_retrieved.cosine_mean,
         "clip_cosine": similarity.clip_cosine_mean,
+        "clip_mismatched_cosine": similarity.clip_mismatched_cosine_mean,
     }
     if out is not None:
         similarity.save(out / "3d_modality_similarity", overwrite=True)
@@ -97,37 +114,11 @@ def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, o
     if steering:
         steer = steering_sweep(model, processor, samples, window=width, max_new_tokens=10, batch_size=64,
                                progress=False)
-        result["steering"] = {"none": steer.baseline["rate"]}
-        result["steering"].update({f"{a}-{b}": r["rate"] for (a, b), r in zip(steer.windows, steer.steered)})
+        result["steering"] = _window_rates(steer.windows, steer.baseline, steer.steered)
+        result["steering_random"] = _window_rates(steer.windows, steer.baseline, steer.random)
+        result["steering_mismatched"] = _window_rates(steer.windows, steer.baseline, steer.mismatched)
+        result["steering_significant"] = [f"{a}-{b}" for a, b in steer.significant_windows]
+        result["steering_verdict"] = steer.verdict
         if out is not None:
             steer.save(out / "3e_steering", overwrite=True)
-        result["steering_input"] = steering_from_input(model, processor, samples, (0,))
-    return result
-
-
-def steering_from_input(model, processor, samples, layers=(0,)) -> dict:
-    """3E at the hidden states the library's sweep does not cover: DSR on the toxic images when the mean caption
-    state of the text prompt is added to the image tokens at ``layers`` (0 = the decoder's input, what block 1
-    reads), with ``tga_fast.models.steer`` and ``tga_fast.evaluation`` (greedy, GCG keyword judge)."""
-    from tga_fast.evaluation import KeywordJudge, Rate, generate_responses
-    from tga_fast.models import capture, resolve, steer
-    from tga_fast.models.prompts import encode_prompts
-
-    parts = resolve(model)
-    toxic = [s for s in samples if s.toxic]
-    text = encode_prompts(processor, [s.to_prompt("text") for s in toxic], image_token_id=parts.image_token_id)
-    with torch.no_grad(), capture(model, layers=list(layers), spans=text.spans.select("text")) as cap:
-        model(**text.batch)
-    vectors = cap.pooled[:, :, 0]  # [L, B, D]: the caption's mean state per layer
-    prompts = [s.to_prompt("image") for s in toxic]
-    images = [s.load_image() for s in toxic]
-    judge = KeywordJudge("gcg")
-    result = {}
-    for name, intervention in (
-        ("none", None),
-        ("-".join(map(str, layers)), lambda e: steer(model, list(layers), e.spans.select("image"), vectors)),
-    ):
-        responses = generate_responses(model, processor, prompts, images, batch_size=len(prompts), max_new_tokens=10,
-                                       intervention=intervention, progress=False)
-        result[name] = Rate.of(sum(judge(responses)), len(responses)).rate
     return result

@@ -61,22 +61,34 @@ def plot_bars(path, groups: dict, ylabel: str, title: str):
 
 
 def write_figures(out: Path, result: dict) -> None:
+    """The report's figures, each curve beside its control (the analyses' own two-panel figures, with intervals,
+    are in ``analysis/<model>/<analysis>/figure.png``)."""
     text = result["text_llm"]
     safety = text["safety_layers"]
-    plot_curve(out / FIGURES["safety_layers"], {"P(refusal) at the last position": safety["refusal_prob"]},
-               "layer k (hidden_states[k])", "probability", "3A logit lens on toxic text", shade=safety["range"])
+    plot_curve(out / FIGURES["safety_layers"], {"toxic prompts": safety["refusal_prob"],
+                                                 "benign prompts (control)": safety["benign_refusal_prob"]},
+               "layer k (hidden_states[k])", "refusal-token probability", "3A logit lens, toxic vs benign text",
+               shade=safety["range"])
     blocks = list(range(1, len(text["attention_share"]) + 1))
-    plot_curve(out / FIGURES["attention_share"], {"share on the toxic word": text["attention_share"]},
-               "decoder block", "attention share", "3B attention of the last token", shade=safety["range"], xs=blocks)
-    plot_bars(out / FIGURES["knockout"], {"toxic text": text["knockout"]}, "DSR",
-              "3C knockout of attention to the toxic word")
+    shares = {"share on the toxic word": text["attention_share"]}
+    if text.get("attention_share_control"):
+        shares["share on as many other words (control)"] = text["attention_share_control"]
+    plot_curve(out / FIGURES["attention_share"], shares, "decoder block", "attention share",
+               "3B attention of the last token", shade=safety["range"], xs=blocks)
+    plot_bars(out / FIGURES["knockout"], {"toxic word knocked out": text["knockout"],
+                                          "as many other words knocked out (control)": text["knockout_control"]},
+              "DSR", "3C knockout of attention, per window of blocks")
     lvlm = result["lvlm"]
     curves = {f"{m}": lvlm[m]["similarity"] for m in lvlm}
-    curves.update({f"{m}, retrieved text in prompt": lvlm[m]["similarity_with_retrieved"] for m in lvlm})
+    curves.update({f"{m}, mismatched pairs (control)": lvlm[m]["similarity_mismatched"] for m in lvlm
+                   if lvlm[m]["similarity_mismatched"]})
     plot_curve(out / FIGURES["similarity"], curves, "layer k", "cosine", "3D image/text similarity per layer",
                shade=safety["range"], reference=("vision encoder's image/caption cosine", result["vision"]["clip_cosine"]))
-    plot_bars(out / FIGURES["steering"], {"baseline, toxic images": lvlm["baseline"]["steering"]}, "DSR",
-              "3E text state added to the image token (hidden states)")
+    base = lvlm["baseline"]
+    plot_bars(out / FIGURES["steering"], {"text state added": base["steering"],
+                                          "random vector, same norm (control)": base["steering_random"],
+                                          "another text's state (control)": base["steering_mismatched"]},
+              "DSR", "3E steering the baseline's image tokens, per window of hidden states")
     overall = {
         condition.replace("_", " "): {m: lvlm[m][condition]["dsr"]["rate"] for m in lvlm}
         for condition in ("without_retrieved", "with_retrieved")
@@ -108,18 +120,22 @@ def write_report(out: Path, result: dict) -> None:
         f"World: {result['world']['concepts']} concepts ({result['world']['toxic']} toxic in {len(scenes)} scenes), "
         f"{result['world']['colours']} colours; {result['world']['train_images']} training images, "
         f"{result['world']['eval_images']} fresh evaluation images. Seed {result['seed']}"
-        f"{' (quick world)' if result['quick'] else ''}. Rates are given with their Wilson 95% interval and counts.",
+        f"{' (quick world)' if result['quick'] else ''}. Rates are given with 95% intervals clustered by concept (the "
+        "questions about one concept's images are paraphrases of one request: they are not independent samples) and "
+        "counts; methods are compared pairwise on the same requests (exact McNemar, paired cluster-bootstrap interval "
+        "of the difference).",
         "",
         "## The text LLM and its safety mechanism",
         "",
         f"- DSR on held-out toxic text: {_rate(text['scores']['dsr_toxic'])}",
         f"- accuracy on held-out benign text: {_rate(text['scores']['accuracy_benign'])}",
         f"- false refusals on held-out benign text: {_rate(text['scores']['false_refusals'])}",
-        f"- 3A located safety layers (logit lens, [min start, max end]): **{text['safety_layers']['range']}**; "
-        f"start layers {sorted(set(text['safety_layers']['starts']))}, not found "
-        f"{_pct(text['safety_layers']['start_not_found'])}",
-        "- 3C knockout of attention to the toxic word, DSR per window of blocks: "
-        + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout"].items()),
+        f"- 3A: {text['safety_layers']['verdict']} (R from {', '.join(repr(t) for t in text['safety_layers']['refusal_tokens'])}; "
+        f"the paper's literal rule gives {text['safety_layers']['paper_range']})",
+        f"- 3B: {text['attention_share_verdict']}",
+        f"- 3C: {text['knockout_verdict']}. DSR per window of blocks, toxic word knocked out: "
+        + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout"].items())
+        + "; as many other words knocked out: " + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout_control"].items()),
         f"- vision encoder: image -> caption retrieval top-1 on fresh images {_pct(result['vision']['retrieval_top1'])}",
         "",
         "## DSR on toxic images (use-requests), per scene",
@@ -155,18 +171,34 @@ def write_report(out: Path, result: dict) -> None:
     ]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", "## Each alignment against the baseline, on the same toxic requests", "",
+              "| alignment | retrieved text at inference | DSR change over the baseline, 95% interval | McNemar p |",
+              "|---|---|---|---|"]
+    for method, by_condition in result.get("comparisons", {}).items():
+        for condition, comparison in by_condition.items():
+            d = comparison["difference"]
+            lines.append(f"| {method} | {'yes' if condition == 'with_retrieved' else 'no'} | "
+                         f"{100 * d['value']:+.0f} points [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}] "
+                         f"({d['clusters']} concepts) | {comparison['mcnemar']['p_value']:.2g} |")
     lines += ["", "## Layer analyses of the LVLMs", ""]
     for method, scores in lvlm.items():
         sim = ", ".join(f"{v:.2f}" for v in scores["similarity"])
+        mismatched = ", ".join(f"{v:.2f}" for v in scores["similarity_mismatched"] or [])
         sim_r = ", ".join(f"{v:.2f}" for v in scores["similarity_with_retrieved"])
-        lines.append(f"- 3D {method}: image/text cosine per layer 0..N: {sim} (with the retrieved text in both "
-                     f"prompts: {sim_r}); target layers {result['target_layers'][method] or '-'}")
-    lines.append(f"- 3D reference: the vision encoder's own image/caption cosine {result['vision']['clip_cosine']:.2f}")
-    lines.append("- 3E steering (baseline, toxic images; the text prompt's caption state added to the image token), "
-                 "DSR per window of hidden states (`tga_fast.analysis.steering_sweep`, layers 1..N): "
-                 + ", ".join(f"{k}: {_pct(v)}" for k, v in lvlm["baseline"]["steering"].items())
-                 + "; at hidden state 0, the input that block 1 reads (`tga_fast.models.steer`): "
-                 + ", ".join(f"{k}: {_pct(v)}" for k, v in lvlm["baseline"]["steering_input"].items()))
+        lines.append(f"- 3D {method}: {scores['similarity_verdict']}. Image/text cosine per layer 0..N: {sim}; "
+                     f"mismatched pairs (control): {mismatched or '-'}; with the retrieved text in both prompts: "
+                     f"{sim_r}; target layers {result['target_layers'][method] or '-'}")
+    clip_mismatched = lvlm["baseline"].get("clip_mismatched_cosine")
+    lines.append(f"- 3D reference: the vision encoder's own image/caption cosine {result['vision']['clip_cosine']:.2f}"
+                 + (f" (mismatched pairs: {clip_mismatched:.2f})" if clip_mismatched is not None else ""))
+    base = lvlm["baseline"]
+    lines.append(f"- 3E (baseline, toxic images): {base['steering_verdict']}. DSR per window of hidden states "
+                 "(0 = the decoder's input), text state added: "
+                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering"].items())
+                 + "; random vector of the same norm: "
+                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering_random"].items())
+                 + "; another concept's text state: "
+                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering_mismatched"].items()))
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({file})" for name, file in FIGURES.items()]
     lines += ["", "## What we tried", ""] + result.get("tried", [])
