@@ -1,7 +1,6 @@
 """``tga-fast analyze``: a subprocess run on a tiny LLaVA saved with save_pretrained and a small JSONL, and the
 user errors (exit code 2 with a message naming the problem)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,8 @@ def test_analyze_in_a_subprocess(llava_dir, eval_file, tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = SafetyLayersResult.load(out)
-    assert result.layers == [0, 1, 2] and len(result.samples) == 4
+    assert result.layers == [0, 1, 2] and len(result.samples) == 5  # four toxic prompts and their control
+    assert result.verdict.startswith("no safety layers") and result.safety_range is None
     assert result.settings["model"] == str(llava_dir)
     assert (out / "figure.png").stat().st_size > 1000
 

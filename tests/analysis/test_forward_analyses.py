@@ -81,46 +81,61 @@ def slow_lens(model, processor, samples, condition="text"):
 
 
 def test_safety_layers_agrees_with_output_hidden_states(llava, samples, tmp_path):
+    """Toxic and benign prompts through the batched lens against the slow one: the mass on an explicit R per
+    sample, the paper rule's layers with the paper's R (toxic samples), and the group means the contrast uses."""
+    from tga_fast.evaluation.judges import PAPER_REFUSAL_STARTS, refusal_token_ids
+
     model, processor = llava
     toxic = [s for s in samples if s.toxic]
     with random_final_norm(model):
-        lens = slow_lens(model, processor, toxic)  # [N+1, n, V]
-        # Refusal ids that this random model does put on top somewhere (so ends are found), and the largest rise
-        # into layer 1 of the first sample (so a start is found).
+        lens = slow_lens(model, processor, samples)  # [N+1, n, V], every sample in order
+        # Refusal ids that this random model does put on top somewhere, and the largest rise into layer 1 of the
+        # first sample.
         refusal = sorted(set(lens[2].argmax(-1).tolist()) | set(lens[4, :1].argmax(-1).tolist())
                          | {int((lens[1, 0] - lens[0, 0]).argmax())})
-        result = safety_layers(model, processor, samples, batch_size=3, refusal_ids=refusal, progress=False)
+        result = safety_layers(model, processor, samples, batch_size=3, refusal_ids=refusal, max_new_tokens=4,
+                               progress=False)
 
     assert result.layers == list(range(resolve(model).num_layers + 1))
-    assert [s["id"] for s in result.samples] == [s.id for s in toxic]
-    assert result.skipped == [{"id": "cup", "reason": "benign control (toxic=false)"}]
+    assert [s["id"] for s in result.samples] == [s.id for s in samples] and result.skipped == []
+    assert [s["toxic"] for s in result.samples] == [s.toxic for s in samples]
+    assert result.refusal_source == "explicit" and result.refusal_ids == refusal
     mass = torch.tensor([s["refusal_mass"] for s in result.samples]).T  # [N+1, n]
     torch.testing.assert_close(mass, lens[..., refusal].sum(-1), rtol=1e-4, atol=1e-6)
-    start, end = locate_safety_layers(lens, refusal, from_logits=False)
+    is_toxic = torch.tensor([s.toxic for s in samples])
+    toxic_mean, benign_mean = mass[:, is_toxic].double().mean(1), mass[:, ~is_toxic].double().mean(1)
+    as_double = dict(dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(result.toxic_mass_mean, **as_double), toxic_mean)
+    torch.testing.assert_close(torch.tensor(result.benign_mass_mean, **as_double), benign_mean)
+    torch.testing.assert_close(torch.tensor(result.contrast["mean"], **as_double), toxic_mean - benign_mean)
+    paper = refusal_token_ids(processor.tokenizer, PAPER_REFUSAL_STARTS)
+    assert result.paper_refusal_ids == paper
+    start, end = locate_safety_layers(lens[:, is_toxic], paper, from_logits=False)
     assert result.starts == start.tolist() and result.ends == end.tolist()
-    assert result.starts[0] == 1 and any(e >= 0 for e in result.ends)
-    found_starts, found_ends = [s for s in result.starts if s >= 0], [e for e in result.ends if e >= 0]
-    assert result.safety_range == [min(found_starts), max(found_ends)]
-    assert result.end_not_found == result.ends.count(-1)
+    assert result.end_not_found == result.ends.count(-1) and len(result.starts) == len(toxic)
     assert 0.0 <= result.start_not_found_rate <= 1.0 and all(0 <= m <= 1 for m in result.refusal_mass_mean)
     assert result.refusal_tokens == [processor.tokenizer.decode([i]) for i in refusal]
     assert all(len(s["top_tokens"]) == len(result.layers) for s in result.samples)
     assert_saved(result, tmp_path, SafetyLayersResult)
 
 
-def test_safety_layers_on_images_with_default_refusal_ids(llava, samples):
+def test_safety_layers_on_images_with_preset_refusal_ids(llava, samples):
     from tga_fast.evaluation.judges import refusal_token_ids
 
     model, processor = llava
+    chosen = samples[2:]  # two toxic images and the benign one
     with random_final_norm(model):
-        result = safety_layers(model, processor, samples[:3], batch_size=3, condition="image", progress=False)
-        lens = slow_lens(model, processor, samples[:3], "image")
-    assert result.refusal_ids == refusal_token_ids(processor.tokenizer)
+        result = safety_layers(model, processor, chosen, batch_size=3, condition="image", refusal_source="preset",
+                               max_new_tokens=4, progress=False)
+        lens = slow_lens(model, processor, chosen, "image")
+    assert result.refusal_ids == refusal_token_ids(processor.tokenizer) and result.refusal_source == "preset"
     assert result.settings["condition"] == "image" and len(result.samples) == 3
     mass = torch.tensor([s["refusal_mass"] for s in result.samples]).T
     torch.testing.assert_close(mass, lens[..., result.refusal_ids].sum(-1), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="condition"):
         safety_layers(model, processor, samples, condition="audio", progress=False)
+    with pytest.raises(ValueError, match="refusal_source"):
+        safety_layers(model, processor, samples, refusal_source="guess", progress=False)
 
 
 def test_attention_share_agrees_with_eager_output_attentions(llava, samples, tmp_path, monkeypatch):
@@ -196,12 +211,12 @@ def test_a_tokenizer_without_pad_token_still_batches(llava, samples, monkeypatch
     does), give what a padded batch with a real pad token gives, and leave the tokenizer as it was."""
     model, processor = llava
     tokenizer = processor.tokenizer
-    with_pad = safety_layers(model, processor, samples, batch_size=4, progress=False)
+    with_pad = safety_layers(model, processor, samples, batch_size=4, max_new_tokens=4, progress=False)
     monkeypatch.setattr(tokenizer, "padding_side", "right")
     pad = tokenizer.pad_token
     tokenizer.pad_token = None
     try:
-        without_pad = safety_layers(model, processor, samples, batch_size=4, progress=False)
+        without_pad = safety_layers(model, processor, samples, batch_size=4, max_new_tokens=4, progress=False)
         similarity = modality_similarity(model, processor, samples[:3], batch_size=3, progress=False)
         assert tokenizer.pad_token is None and tokenizer.padding_side == "right"
     finally:
@@ -226,7 +241,7 @@ def test_other_families(samples, family, backbone):
     from tga_fast.models.tiny import tiny_vlm
 
     model, processor = tiny_vlm(family, backbone, layers=2)
-    lens = safety_layers(model, processor, samples, batch_size=2, progress=False)
+    lens = safety_layers(model, processor, samples, batch_size=2, max_new_tokens=4, progress=False)
     share = attention_share(model, processor, samples, batch_size=2, progress=False)
     similarity = modality_similarity(model, processor, samples, batch_size=2, progress=False)
     assert len(lens.refusal_mass_mean) == 3 and share.blocks == [1, 2] and len(similarity.cosine_mean) == 3

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tga_fast.analysis.safety_layers_3a import locate_safety_layers, summarize_safety_layers
+from tga_fast.analysis.safety_layers_3a import locate_safety_layers, paper_rule_range
 
 VOCAB = 12
 REFUSAL = (9, 10)
@@ -72,13 +72,10 @@ def test_logits_give_the_same_layers_as_probabilities():
 
 
 def test_range_and_not_found_are_kept_apart():
-    rows = [{"start": s, "end": e, "refusal_mass": [0.1, 0.2]} for s, e in [(2, 4), (-1, -1), (-1, 0), (1, 5)]]
-    result = summarize_safety_layers(rows, [0, 1], [9], ["x"], [], {})
-    assert result.safety_range == [1, 5]  # over found layers only: -1 never enters min or max
-    assert (result.start_not_found, result.end_not_found) == (2, 1)
-    assert (result.start_not_found_rate, result.end_not_found_rate) == (0.5, 0.25)
-    none_found = summarize_safety_layers(rows[1:2], [0, 1], [9], ["x"], [], {})
-    assert none_found.safety_range is None and none_found.start_not_found_rate == 1.0
+    starts, ends = [2, -1, -1, 1], [4, -1, 0, 5]
+    # over found layers only: -1 never enters min or max
+    assert paper_rule_range(starts, ends) == ([1, 5], 2, 1)
+    assert paper_rule_range(starts[1:2], ends[1:2]) == (None, 1, 1)
 
 
 def test_errors_name_the_argument():

@@ -32,22 +32,40 @@ def _band(ax, layers, mean, low, high, label, color):
 
 
 def plot_safety_layers(result):
-    """Mean refusal-token probability per layer (± std), the range [min start, max end] shaded."""
-    fig, ax = _axes()
-    mean, std = result.refusal_mass_mean, result.refusal_mass_std
-    _band(ax, result.layers, mean, [max(0.0, m - s) for m, s in zip(mean, std)],
-          [min(1.0, m + s) for m, s in zip(mean, std)], "refusal-token probability (mean ± std)", "tab:red")
+    """Two panels sharing the layer axis: (top) refusal mass per layer of toxic and benign prompts (mean ± std);
+    (bottom) their contrast, toxic minus benign, with its bootstrap interval, the safety range shaded and the
+    paper's literal range as dashed lines. The verdict is the title."""
+    import textwrap
+
+    fig = Figure(figsize=(7, 6), dpi=150)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    layers = result.layers
+    for name, mean, std, color in (("toxic", result.refusal_mass_mean, result.refusal_mass_std, "tab:red"),
+                                   ("benign", result.benign_mass_mean, result.benign_mass_std, "tab:blue")):
+        _band(top, layers, mean, [max(0.0, m - s) for m, s in zip(mean, std)],
+              [min(1.0, m + s) for m, s in zip(mean, std)], f"{name} prompts (mean ± std)", color)
+    top.set_ylabel("refusal mass (R)")
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="best")
+
+    contrast = result.contrast
+    confidence = contrast.get("confidence", 0.95)
+    _band(bottom, layers, contrast["mean"], contrast["ci_low"], contrast["ci_high"],
+          f"toxic - benign ({confidence:.0%} cluster-bootstrap interval)", "tab:purple")
+    bottom.axhline(0.0, color="gray", linewidth=1)
     if result.safety_range is not None:
         start, end = result.safety_range
-        ax.axvspan(start - 0.5, end + 0.5, color="tab:blue", alpha=0.12, label=f"safety layers {start}-{end}")
-    ax.set_xlabel("layer (HF hidden_states index)")
-    ax.set_ylabel("probability at the last prompt position")
-    ax.set_ylim(0, 1)
-    count = len(result.samples)
+        bottom.axvspan(start - 0.5, end + 0.5, color="tab:green", alpha=0.15, label=f"safety layers {start}-{end}")
+    if result.paper_range is not None:
+        start, end = result.paper_range
+        for k, label in ((start, f"paper's rule {start}-{end}"), (end, None)):
+            bottom.axvline(k, color="black", linestyle="--", linewidth=1, label=label)
+    bottom.set_xlabel("layer (HF hidden_states index)")
+    bottom.set_ylabel("refusal mass difference")
+    bottom.legend(fontsize=8, loc="best")
     condition = result.settings.get("condition", "text")
-    ax.set_title(f"Logit lens on toxic {condition}s ({count} samples; no start: {result.start_not_found_rate:.0%}, "
-                 f"no end: {result.end_not_found_rate:.0%})", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    counts = f"{contrast['n_x']} toxic, {contrast['n_y']} benign {condition} prompts"
+    fig.suptitle("\n".join(textwrap.wrap(f"{result.verdict} [{counts}]", 90)), fontsize=9)
     fig.tight_layout()
     return fig
 
