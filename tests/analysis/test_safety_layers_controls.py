@@ -16,11 +16,17 @@ ALPHA = 0.05
 SMALL, LARGE = 0.001, 0.6  # raw one-sided p-values: clearly significant, clearly not
 
 
-def curves(contrast_p: list[float], rise_p: list[float]) -> tuple[dict, dict]:
-    """A contrast over layers 0..N and its increments over 1..N with the given raw p-values, Holm-adjusted as
+def curves(contrast_p: list[float], rise_p: list[float], mean: list[float] | None = None) -> tuple[dict, dict]:
+    """A contrast over layers 0..N (``mean``, default 0 where ``contrast_p`` is not SMALL, else a plateau at 0.9
+    reached by steps) and its increments over 1..N with the given raw p-values, Holm-adjusted as
     :func:`layer_contrast` adjusts them (so a rule that reads ``p_value`` instead of ``p_holm`` shows)."""
     assert len(rise_p) == len(contrast_p) - 1
-    contrast = {"layers": list(range(len(contrast_p))), "p_value": contrast_p, "p_holm": holm(contrast_p)}
+    if mean is None:
+        mean = [0.0] * len(contrast_p)
+        for k in range(1, len(contrast_p)):  # each significant increment adds 0.45, up to the plateau of 0.9
+            mean[k] = min(0.9, mean[k - 1] + (0.45 if rise_p[k - 1] == SMALL else 0.0))
+    contrast = {"layers": list(range(len(contrast_p))), "mean": mean, "p_value": contrast_p,
+                "p_holm": holm(contrast_p)}
     rise = {"layers": list(range(1, len(contrast_p))), "p_value": rise_p, "p_holm": holm(rise_p)}
     return contrast, rise
 
@@ -32,12 +38,16 @@ NOT_AFTER_HOLM = curves([1.0, 1.0, SMALL, SMALL, SMALL, SMALL, SMALL], [1.0, SMA
 
 
 def test_the_rule_finds_where_the_contrast_rises_not_where_it_stays_high():
-    assert contrast_range(*PLATEAU, ALPHA) == ([2, 3], "toxic-minus-benign refusal mass rises significantly at "
-                                                       "layers 2-3")
+    assert contrast_range(*PLATEAU, ALPHA) == ([2, 3], "toxic-minus-benign refusal mass rises significantly from "
+                                                       "layer 2 and reaches 90% of its largest value (0.90) at layer 3")
     assert contrast_range(*NOT_AFTER_HOLM, ALPHA)[0] == [2, 3]
     single = curves([1.0, SMALL, SMALL], [SMALL, 1.0])
     assert contrast_range(*single, ALPHA) == ([1, 1], "toxic-minus-benign refusal mass rises significantly at "
-                                                      "layer 1")
+                                                      "layer 1 to 90% of its largest value (0.45)")
+    # A consistent model: a big rise at layer 1, then significant increments of a hair up to N. The last
+    # significant increment would put the end at N; the rise time puts it where the separation is built.
+    creeping = curves([1.0] + [SMALL] * 6, [SMALL] * 6, mean=[0.0, 0.95, 0.97, 0.98, 0.99, 0.995, 1.0])
+    assert contrast_range(*creeping, ALPHA)[0] == [1, 1]
 
 
 def test_no_range_without_a_significant_rise_or_contrast():
@@ -60,6 +70,10 @@ def test_the_hand_built_cases_catch_the_rules_it_replaces():
         rising = [k for k, p in zip(rise["layers"], rise["p_value"]) if p < alpha]
         return [rising[0], rising[-1]]
 
+    def last_rise(contrast, rise, alpha):  # the first version of the rule: the last significant increment
+        rising = [k for k, p in zip(rise["layers"], rise["p_holm"]) if p < alpha]
+        return [rising[0], rising[-1]]
+
     def end_rule(contrast, rise, alpha):  # the paper's end: the last layer where the contrast is significant
         rising = [k for k, p in zip(rise["layers"], rise["p_holm"]) if p < alpha]
         above = [k for k, p in zip(contrast["layers"], contrast["p_holm"]) if p < alpha]
@@ -68,6 +82,8 @@ def test_the_hand_built_cases_catch_the_rules_it_replaces():
     expected = contrast_range(*NOT_AFTER_HOLM, ALPHA)[0]
     assert raw_p(*NOT_AFTER_HOLM, ALPHA) == [2, 5] != expected
     assert end_rule(*PLATEAU, ALPHA) == [2, 6] != contrast_range(*PLATEAU, ALPHA)[0]
+    creeping = curves([1.0] + [SMALL] * 4, [SMALL] * 4, mean=[0.0, 0.95, 0.97, 0.98, 1.0])
+    assert last_rise(*creeping, ALPHA) == [1, 4] != contrast_range(*creeping, ALPHA)[0]
     assert expected[1] < len(NOT_AFTER_HOLM[0]["layers"]) - 1  # the range stops before N
 
 
@@ -77,7 +93,8 @@ def test_layer_contrast_tests_a_margin_on_the_same_draws():
     plain = layer_contrast(x, y, None, None, [0, 1], cluster_field="sample", resamples=500, seed=0)
     margin = layer_contrast(x, y, None, None, [0, 1], cluster_field="sample", resamples=500, seed=0, margin=0.5)
     assert plain["mean"] == margin["mean"] and plain["ci_low"] == margin["ci_low"]  # the estimate is unchanged
-    assert plain["p_value"][1] == pytest.approx(1 / 501) and margin["p_value"][1] == 1.0  # 0.32 > 0 but < 0.5
+    # 4 rows all above 3 rows: no bootstrap draw crosses zero; the p-value is the permutation floor 1 / C(7, 3).
+    assert plain["p_value"][1] == pytest.approx(1 / 35) and margin["p_value"][1] == 1.0  # 0.32 > 0 but < 0.5
     assert plain["p_value"][0] == 1.0 and plain["p_holm"] == holm(plain["p_value"]) and margin["margin"] == 0.5
 
 
@@ -198,10 +215,11 @@ def test_the_toy_text_llm_has_safety_layers(toy_llm, tmp_path):
     assert "refusal 100% vs 0%" in result.verdict
     assert result.contrast["mean"][0] == pytest.approx(0.0, abs=1e-6)  # the same last token at the embeddings
     assert max(result.contrast["mean"]) > 0.9
-    # The contrast keeps growing by a hair up to N; asked for increments above 0.05 the range ends before N.
+    # The contrast keeps growing by a hair up to N (every increment significant); the range ends where the
+    # separation is built, before N, while the paper's literal rule reaches N.
+    assert result.safety_range[1] < result.layers[-1] == result.paper_range[1]
     strict = safety_layers(llm, tokenizer, samples, batch_size=64, max_new_tokens=10, min_rise=0.05, progress=False)
-    assert strict.safety_range is not None and strict.safety_range[1] < result.layers[-1]
-    assert strict.safety_range[0] == result.safety_range[0]
+    assert strict.safety_range is not None and strict.safety_range[0] == result.safety_range[0]
     assert SafetyLayersResult.load(result.save(tmp_path / "3a")) == result
 
 

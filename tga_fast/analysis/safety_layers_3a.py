@@ -21,15 +21,17 @@ The rule (:func:`contrast_range`), at level ``alpha`` with Holm-adjusted p-value
 
     no safety layers        if toxic prompts are not refused significantly more often than benign ones
     start = the first layer k >= 1 whose increment of the contrast is significantly above zero (above min_rise)
-    end   = the last such layer
+    end   = the first layer >= start where the contrast's mean reaches 90% of its largest value over the layers
     safety layers = [start, end]   if the contrast itself is significantly above zero at end; else none
 
 It is the paper's onset rule applied to the toxic-minus-benign contrast: the layers where the separation of toxic
-from benign prompts *grows*. The end is where it stops growing, not the last layer at which the refusal token
-still ranks first (which, with the model's own refusal token in R, is the last layer for every refused prompt).
-A deterministic model's contrast can keep growing by a hair at every later layer, and with many samples a hair is
-significant: ``min_rise`` (in refusal mass, e.g. 0.05) asks each counted increment to be significantly larger than
-that instead.
+from benign prompts is *built*, from its first significant rise to its rise time (90% of the full separation). Not
+the last layer at which the refusal token still ranks first (which, with the model's own refusal token in R, is
+the last layer for every refused prompt), and not the last significant increment either: a consistent model's
+contrast keeps growing by a hair at every later layer, and with many samples a hair is significant. (The 90% was
+chosen after the first version of this rule, "the last significant increment", marked every layer of the demo's
+text LLM; it is the usual 10-90% rise time, not fitted to a model.) ``min_rise`` (in refusal mass) asks each
+counted increment to be significantly larger than that instead of above zero.
 
 The paper's literal rule stays for comparison (``paper_range``; ``starts``/``ends`` per toxic sample), with the
 paper's R (:data:`~tga_fast.evaluation.judges.PAPER_REFUSAL_STARTS`, "I" and "As" included)::
@@ -150,20 +152,33 @@ def _layer_list(layers: Sequence[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def contrast_range(contrast: dict, rise: dict, alpha: float) -> tuple[list[int] | None, str]:
-    """The safety layers from the toxic-minus-benign contrast (the module's rule): ``[first, last]`` layer whose
-    increment of the contrast is significantly above zero (``rise["p_holm"] < alpha``), kept only when the contrast
-    itself is significantly above zero at the last one (``contrast["p_holm"] < alpha``).
+SETTLE = 0.9  # the end of the range: where the contrast reaches this share of its largest value (a "rise time")
+
+
+def contrast_range(contrast: dict, rise: dict, alpha: float, settle: float = SETTLE) -> tuple[list[int] | None, str]:
+    """The safety layers from the toxic-minus-benign contrast (the module's rule): from the first layer whose
+    increment of the contrast is significantly above zero (``rise["p_holm"] < alpha``) to the first layer from there
+    at which the contrast's mean reaches ``settle`` of its largest value over the layers, kept only when the
+    contrast itself is significantly above zero at that end (``contrast["p_holm"] < alpha``).
+
+    The end is a rise time, not "the last significant increment": once a model has separated toxic from benign
+    prompts, the separation can keep growing by a hair at every later layer, and with consistent answers a hair is
+    significant, which would stretch every range to N.
 
     Args:
-        contrast: per layer (``contrast["layers"]``, 0..N) ``p_holm``, as :func:`layer_contrast` gives it.
+        contrast: per layer (``contrast["layers"]``, 0..N) ``mean`` and ``p_holm``, as :func:`layer_contrast`
+            gives it.
         rise: per increment (``rise["layers"]``: k = 1..N, layer k minus layer k-1) ``p_holm``, of the test
             "increment at most ``rise["margin"]``" (absent or 0: "not above zero").
+        settle: the share of the largest contrast that ends the range (0.9).
 
     Returns:
-        ``(range, reason)``: the range or None, and why, in words ("... rises significantly at layers 1-2").
+        ``(range, reason)``: the range or None, and why, in words.
     """
-    significant = dict(zip(contrast["layers"], (p < alpha for p in contrast["p_holm"])))
+    if not 0.0 < settle <= 1.0:
+        raise ValueError(f"settle must be in (0, 1], got {settle}")
+    layers = list(contrast["layers"])
+    significant = dict(zip(layers, (p < alpha for p in contrast["p_holm"])))
     rising = [k for k, p in zip(rise["layers"], rise["p_holm"]) if p < alpha]
     by = f" by more than {rise['margin']:g}" if rise.get("margin") else ""
     above = [k for k, yes in significant.items() if yes]
@@ -172,12 +187,19 @@ def contrast_range(contrast: dict, rise: dict, alpha: float) -> tuple[list[int] 
     if not rising:
         return None, (f"toxic-minus-benign refusal mass is above zero at layers {_layer_list(above)} but rises "
                       f"significantly{by} at no layer")
-    start, end = rising[0], rising[-1]
+    start = rising[0]
+    mean = dict(zip(layers, contrast["mean"]))
+    peak = max(mean.values())
+    end = next((k for k in layers if k >= start and mean[k] >= settle * peak), layers[-1])
     span = f"layer {start}" if start == end else f"layers {start}-{end}"
     if not significant[end]:
         return None, (f"toxic-minus-benign refusal mass rises{by} at {span} but is not significantly above zero "
                       f"at layer {end}")
-    return [start, end], f"toxic-minus-benign refusal mass rises significantly{by} at {span}"
+    share = f"{settle:.0%} of its largest value ({peak:.2f})"
+    if start == end:
+        return [start, end], f"toxic-minus-benign refusal mass rises significantly{by} at layer {start} to {share}"
+    return [start, end], (f"toxic-minus-benign refusal mass rises significantly{by} from layer {start} and reaches "
+                          f"{share} at layer {end}")
 
 
 def behaviour_test(toxic_refused: Sequence[bool], benign_refused: Sequence[bool], toxic_clusters: Sequence,
