@@ -24,7 +24,14 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.controls import ALPHA, columns_above, control_positions, describe_runs, paired_contrast
+from tga_fast.analysis.controls import (
+    ALPHA,
+    columns_above,
+    control_positions,
+    describe_runs,
+    paired_contrast,
+    power_note,
+)
 from tga_fast.analysis.options import AnalysisOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
@@ -203,7 +210,8 @@ def _verdict(contrast: dict | None, above: list, measured: int) -> str:
                 f"no control span")
     where = f"blocks {describe_runs(above)}" if above else "no block"
     return (f"the last token attends to the toxic words more than to equally many other words at {where} "
-            f"(Holm, alpha {ALPHA:g}; {contrast['n_x']} prompts in {contrast['clusters_x']} clusters)")
+            f"(Holm, alpha {ALPHA:g}; {contrast['n_x']} prompts in {contrast['clusters_x']} clusters"
+            f"{power_note(contrast)})")
 
 
 @dataclass(frozen=True)

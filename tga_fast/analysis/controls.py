@@ -24,7 +24,8 @@ import torch
 
 from tga_fast.stats import holm, paired_bootstrap_contrast
 
-__all__ = ["ALPHA", "columns_above", "control_positions", "describe_runs", "batch_mismatch_partners", "paired_contrast"]
+__all__ = ["ALPHA", "batch_mismatch_partners", "columns_above", "control_positions", "describe_runs", "paired_contrast",
+           "power_note"]
 
 ALPHA = 0.05  # family-wise level of the verdicts (Holm over the layers or blocks of one analysis)
 
@@ -124,6 +125,16 @@ def columns_above(contrast: dict | None, columns: Sequence[int], alpha: float = 
     if contrast is None:
         return []
     return [c for c, p in zip(columns, contrast["p_holm"]) if p < alpha]
+
+
+def power_note(contrast: dict, alpha: float = ALPHA) -> str:
+    """``""``, or why no column could be significant at all: with K clusters a one-sided p-value is never below
+    ``p_floor`` (:class:`tga_fast.stats.Contrast`), and Holm multiplies the smallest by the number of columns."""
+    columns = len(contrast["p_value"])
+    if columns * contrast.get("p_floor", 0.0) < alpha:
+        return ""
+    return (f"; with {contrast['clusters_x']} clusters no test can reach it: the smallest possible p is "
+            f"{contrast['p_floor']:.2g}, times {columns} under Holm")
 
 
 def describe_runs(values: Sequence[int]) -> str:

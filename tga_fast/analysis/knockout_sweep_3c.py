@@ -229,7 +229,7 @@ def knockout_verdict(windows: list, significant: list[int], rates: dict, variant
     controlled = "control" in variants
     claim = ("knocking out the toxic tokens lowers DSR beyond the control (as many other tokens knocked out)"
              if controlled else "knocking out the toxic tokens lowers DSR below no intervention")
-    tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}"
+    tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}, clustered interval above 0"
              + (", against the control and the baseline" if controlled else ""))
     if not significant:
         return f"{claim} in no window ({tests}; DSR without intervention {percent(rates['baseline'])})"

@@ -26,7 +26,14 @@ from typing import Sequence
 
 import torch
 
-from tga_fast.analysis.controls import ALPHA, columns_above, describe_runs, batch_mismatch_partners, paired_contrast
+from tga_fast.analysis.controls import (
+    ALPHA,
+    batch_mismatch_partners,
+    columns_above,
+    describe_runs,
+    paired_contrast,
+    power_note,
+)
 from tga_fast.analysis.options import AnalysisOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
@@ -268,7 +275,8 @@ def modality_similarity(
 def _verdict(contrast: dict | None, layers: list, above: list) -> str:
     if contrast is None:
         return "no verdict: one pair only, so no other sample's text to mismatch its image with"
-    how = f"(Holm, alpha {ALPHA:g}; {contrast['n_x']} pairs in {contrast['clusters_x']} clusters)"
+    how = (f"(Holm, alpha {ALPHA:g}; {contrast['n_x']} pairs in {contrast['clusters_x']} clusters"
+           f"{power_note(contrast)})")
     subject = "image and text states of the same meaning are"
     if not above:
         return f"{subject} not closer than mismatched pairs at any layer {how}"

@@ -253,7 +253,7 @@ def steering_verdict(windows: list, significant: list[int], rates: dict, control
     beyond = {"random": "a random vector of the same norm", "mismatched": "a mismatched text's state"}
     claim = "adding the text's state to the image tokens raises DSR beyond " + (
         " and ".join(beyond[c] for c in CONTROLS if c in controls) if controls else "no steering")
-    tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}"
+    tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}, clustered interval above 0"
              + (", against each control and the baseline" if controls else ""))
     if not significant:
         return f"{claim} in no window ({tests}; DSR without steering {percent(rates['baseline'])})"

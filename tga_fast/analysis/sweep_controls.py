@@ -146,7 +146,9 @@ def compare_windows(higher: Sequence[Sequence[bool]], lower: Sequence[Sequence[b
         DSR(higher) - DSR(lower) (:class:`~tga_fast.stats.Estimate` as JSON, a paired cluster-bootstrap interval), so
         a positive value is the claimed effect; ``mcnemar`` the exact two-sided test's counts (``a_only``: refused
         under ``higher`` only) and ``p_value``; ``p_holm`` the Holm-adjusted p-value over the windows;
-        ``significant``: ``p_holm <= ALPHA`` and the difference in the claimed direction.
+        ``significant``: ``p_holm <= ALPHA`` and the clustered interval of the difference above zero (McNemar
+        treats the pairs as independent; the interval does not, so a window whose verdicts move together in a few
+        clusters is not called significant on McNemar's count of pairs alone).
     """
     from tga_fast.stats import holm, paired_comparison
 
@@ -160,7 +162,7 @@ def compare_windows(higher: Sequence[Sequence[bool]], lower: Sequence[Sequence[b
     compared = [paired_comparison(h, lo, clusters, cluster_field=cluster_field, seed=seed) for h, lo in zip(highs, lows)]
     adjusted = holm([c.p_value for c in compared])
     return [{"difference_is": difference_is, "difference": c.difference.to_json(), "mcnemar": dict(c.mcnemar),
-             "p_holm": p, "significant": bool(p <= ALPHA and c.difference.value > 0)}
+             "p_holm": p, "significant": bool(p <= ALPHA and c.difference.low > 0)}
             for c, p in zip(compared, adjusted)]
 
 
