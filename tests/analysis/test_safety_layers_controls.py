@@ -234,3 +234,23 @@ def test_records_pair_with_samples_in_order_even_with_shared_ids():
     assert [paired[id(s)].n if id(s) in paired else None for s in samples] == [0, None, 2, 3]
     with pytest.raises(RuntimeError, match="matches no sample"):
         _records_by_sample(samples[:1], records)
+
+
+def test_r_is_not_derived_from_a_handful_of_refusals():
+    """A model that refused one toxic prompt with "i ..." would otherwise get R = {"i"}: a generic start."""
+    from types import SimpleNamespace
+
+    from tga_fast.analysis.safety_layers_3a import MIN_REFUSALS, _choose_refusal_ids
+    from tga_fast.evaluation.judges import REFUSAL_STARTS, refusal_token_ids
+
+    tokenizer = toy_tokenizer()
+
+    def records(refused: int):
+        toxic = [SimpleNamespace(toxic=True, verdict=i < refused, response="i cannot ." if i < refused else "you can")
+                 for i in range(10)]
+        return toxic + [SimpleNamespace(toxic=False, verdict=False, response="it is red .") for _ in range(10)]
+
+    ids, source, _ = _choose_refusal_ids(tokenizer, None, None, "derived", False, records(MIN_REFUSALS - 1))
+    assert ids == refusal_token_ids(tokenizer, REFUSAL_STARTS) and source.startswith("preset (the model refused 4")
+    ids, source, _ = _choose_refusal_ids(tokenizer, None, None, "derived", False, records(MIN_REFUSALS))
+    assert source == "derived" and [tokenizer.decode([i]) for i in ids] == ["i"]

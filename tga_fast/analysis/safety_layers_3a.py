@@ -10,8 +10,9 @@ or ``"image"``) and on toxic and benign samples together:
    bootstrap test that toxic prompts are refused more often.
 2. **R.** By default the refusal starts that discriminate, derived from these answers
    (:mod:`tga_fast.analysis.refusal_tokens`: first tokens of toxic refusals, minus those that open benign answers
-   at least as often); the preset :data:`~tga_fast.evaluation.judges.REFUSAL_STARTS` when nothing discriminates
-   or when asked (``refusal_source="preset"``, or a logit judge, which writes no answer).
+   at least as often); the preset :data:`~tga_fast.evaluation.judges.REFUSAL_STARTS` when nothing discriminates,
+   when fewer than ``MIN_REFUSALS`` (5) toxic prompts were refused, or when asked (``refusal_source="preset"``,
+   or a logit judge, which writes no answer).
 3. **Contrast.** Per layer, toxic minus benign refusal mass with a stratified cluster-bootstrap interval and a
    one-sided p-value, Holm-adjusted over the N+1 layers; and the same for the per-layer *increments*
    (``rise``: layer k minus layer k-1, k = 1..N, Holm over the N increments; the p-value tests "the increment is
@@ -62,6 +63,7 @@ __all__ = ["SafetyLayersOptions", "SafetyLayersResult", "contrast_range", "layer
            "paper_rule_range", "safety_layers"]
 
 REFUSAL_SOURCES = ("derived", "preset")
+MIN_REFUSALS = 5  # refused toxic prompts needed before R is derived from the model's own refusals
 
 
 def locate_safety_layers(
@@ -331,6 +333,10 @@ def _choose_refusal_ids(tokenizer, refusal_ids, refusal_starts, refusal_source, 
         return preset, "preset (a logit judge writes no answer to derive R from)", []
     refusals = [r.response for r in records if r.toxic and r.verdict]
     benign = [r.response for r in records if not r.toxic]
+    if len(refusals) < MIN_REFUSALS:
+        # One or two refusals cannot tell a refusal start from a generic one (a single "I ..." would make R = "I").
+        return preset, (f"preset (the model refused {len(refusals)} toxic prompts; R is derived from at least "
+                        f"{MIN_REFUSALS})"), []
     ids, derivation = derive_refusal_starts(tokenizer, refusals, benign)
     if not ids:
         return preset, "preset (no refusal start of the model's own answers discriminates)", derivation
