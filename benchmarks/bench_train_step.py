@@ -13,13 +13,19 @@ caption prompt for the teacher), at two lengths:
                  has a gradient), backward
 ``released_hs``  the same with the student pass on SDPA and ``output_hidden_states=True`` only (attention maps in
                  the teacher pass alone)
+``lora``         ``tga``'s step on a copy of the model with LoRA adapters (r 16, alpha 32, dropout 0.05, the default
+                 targets: the LLM's attention and MLP projections) and the projector trainable, the LLM frozen
+``tga_adamw``,   a whole optimizer step of full fine-tuning (``tga``) and of LoRA (``lora``): the step above plus
+``lora_adamw``   an AdamW update whose state is created in the step, so that its memory counts in the step's peak
 
 Correctness first: ``tga``'s alignment terms equal the released loop's on the same weights. ``peak_mb`` is the
 peak RSS growth of one step in a fresh process. Targets (issue 6): ``tga`` at most +10% time and +5% peak memory
 over ``plain``; ``released`` at least 1.5x slower and 2x the peak memory of ``tga`` at the longer length.
+Issue 14: stage 2 with LoRA (r 16) against full fine-tuning, peak memory and step time side by side.
 
     python -m pytest benchmarks/bench_train_step.py -o python_files='bench_*.py' --benchmark-only
     python -m benchmarks.bench_train_step --interleaved --rounds 5      # providers in turn: for a shared machine
+    python -m benchmarks.bench_train_step --interleaved --providers tga lora tga_adamw lora_adamw
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import torch.nn.functional as F
 
 from benchmarks.measure import ROOT, peak_memory_here
 
-PROVIDERS = ("plain", "tga", "released", "released_hs")
+PROVIDERS = ("plain", "tga", "released", "released_hs", "lora", "tga_adamw", "lora_adamw")
+LORA_RANK = 16
 LENGTHS = (512, 2048)  # 2048: the stage-1 max length (configs/stage1_pretrain.json)
 LAYERS = tuple(range(4, 8))  # METHOD's 10..18 of 32 layers scaled to 12 (tga_fast.training.config.default_target_layers)
 BATCH, IMAGE_TOKENS, RETRIEVED_TOKENS, QUESTION_TOKENS, CAPTION_TOKENS = 2, 256, 40, 24, 48
@@ -142,25 +149,47 @@ def released_terms(model, inputs, extras, student_attention: bool):
 _STATE: dict = {}
 
 
+def lora_model():
+    """``build()``'s model, built again, with LoRA adapters (r 16) and the projector trainable, the LLM frozen:
+    a model of its own, since peft changes the model it wraps."""
+    if "lora_model" not in _STATE:
+        from tga_fast.training.config import ModelConfig
+        from tga_fast.training.lora import apply_lora
+        from tga_fast.training.stages import freeze_for_stage
+
+        model = build()
+        freeze_for_stage(model, train_llm=False)
+        _STATE["lora_model"] = apply_lora(model, ModelConfig(train_llm=True, lora_r=LORA_RANK))
+    return _STATE["lora_model"]
+
+
 def workload(provider: str, seq_len: int, tmp_dir: str = "/tmp"):
     """``run()``: one training step (forward, backward; gradients zeroed first) of ``provider``."""
-    if "model" not in _STATE:
-        _STATE["model"] = build()
-    model = _STATE["model"]
+    if provider.startswith("lora"):
+        model = lora_model()
+    else:
+        if "model" not in _STATE:
+            _STATE["model"] = build()
+        model = _STATE["model"]
     inputs, extras = batch(seq_len)
-    trainer = trainer_for(model, tmp_dir) if provider == "tga" else None
+    tga_step = provider in ("tga", "lora", "tga_adamw", "lora_adamw")
+    trainer = trainer_for(model, tmp_dir) if tga_step else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def run():
         model.zero_grad(set_to_none=True)
         model.train()
         if provider == "plain":
             loss = model(**inputs, use_cache=False).loss
-        elif provider == "tga":
+        elif tga_step:
             loss = trainer.compute_loss(model, {**inputs, **extras})
         else:
             ce, terms = released_terms(model, inputs, extras, student_attention=provider == "released")
             loss = ce + terms
         loss.backward()
+        if provider.endswith("_adamw"):
+            # a fresh optimizer: its state (2 fp32 tensors per trainable weight) is allocated in this step
+            torch.optim.AdamW(trainable, lr=1e-6).step()
         return loss.detach()
 
     return run
@@ -200,17 +229,17 @@ def peak_memory(provider: str, seq_len: int) -> float | None:
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
 
 
-def interleaved(lengths, rounds: int) -> str:
+def interleaved(lengths, rounds: int, providers=PROVIDERS) -> str:
     """Medians with the providers timed in turn within each round (one warm-up round first), so that the load of a
     shared machine drifting during the run falls on all of them alike; a markdown table with fresh-process peaks."""
     import statistics
     import time
 
-    lines = ["| T | provider | median ms | time vs plain | peak MB | memory vs plain |", "|---|---|---|---|---|---|"]
+    lines = [f"| T | provider | median ms | time vs {providers[0]} | peak MB | memory vs {providers[0]} |", "|---|---|---|---|---|---|"]
     for seq_len in lengths:
-        runs = {provider: workload(provider, seq_len) for provider in PROVIDERS}
+        runs = {provider: workload(provider, seq_len) for provider in providers}
         check_tga_against_released(seq_len, "/tmp")
-        times = {provider: [] for provider in PROVIDERS}
+        times = {provider: [] for provider in providers}
         for round_ in range(rounds + 1):
             for provider, run in runs.items():
                 start = time.perf_counter()
@@ -218,10 +247,11 @@ def interleaved(lengths, rounds: int) -> str:
                 if round_:
                     times[provider].append(time.perf_counter() - start)
         medians = {p: statistics.median(t) for p, t in times.items()}
-        peaks = {p: peak_memory(p, seq_len) for p in PROVIDERS}
-        for p in PROVIDERS:
-            memory = "-" if peaks[p] is None else f"{peaks[p]:.0f} | {peaks[p] / peaks['plain']:.2f}x"
-            lines.append(f"| {seq_len} | {p} | {medians[p] * 1e3:.0f} | {medians[p] / medians['plain']:.2f}x | {memory} |")
+        peaks = {p: peak_memory(p, seq_len) for p in providers}
+        first = providers[0]  # the ratios' reference
+        for p in providers:
+            memory = "-" if peaks[p] is None else f"{peaks[p]:.0f} | {peaks[p] / peaks[first]:.2f}x"
+            lines.append(f"| {seq_len} | {p} | {medians[p] * 1e3:.0f} | {medians[p] / medians[first]:.2f}x | {memory} |")
     return "\n".join(lines)
 
 
@@ -231,9 +261,11 @@ if __name__ == "__main__":
     parser.add_argument("--seq-len", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--interleaved", action="store_true", help="time all providers in turn per round (noisy machines)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="--interleaved: these providers (the first is the ratios' reference)")
     cli = parser.parse_args()
     if cli.interleaved:
-        print(interleaved(cli.seq_len, cli.rounds))
+        print(interleaved(cli.seq_len, cli.rounds, tuple(cli.providers)))
     else:
         if cli.provider is None or len(cli.seq_len) != 1:
             parser.error("--provider and one --seq-len are required without --interleaved")

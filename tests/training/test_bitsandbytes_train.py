@@ -1,4 +1,5 @@
-"""bitsandbytes paths: the 8-bit AdamW (``--optim adamw_bnb_8bit``) and a 4-bit frozen LLM under a trained projector."""
+"""bitsandbytes paths: the 8-bit AdamW (``--optim adamw_bnb_8bit``) and a 4-bit LLM trained through LoRA adapters
+(QLoRA) under a trained projector. More of QLoRA (resume) in test_lora.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from tests.training.train_helpers import base_args, step_losses
 from tga_fast.models import resolve
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+# A 4-bit LLM trains through LoRA adapters (transformers' Trainer takes a quantised model only with them).
+QLORA = dict(load_in_4bit=True, bnb_4bit_compute_dtype="float32", train_llm=True, lora_r=4, lora_dropout=0.0)
 
 
 def test_adamw_8bit_optimizer_steps(files, tmp_path):
@@ -23,7 +26,8 @@ def test_adamw_8bit_optimizer_steps(files, tmp_path):
     assert metrics["trainable"]["llm_trainable"] > 0
 
 
-def test_4bit_frozen_llm_trains_the_projector(files, tmp_path):
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
+def test_4bit_llm_trains_the_adapters_and_projector(files, tmp_path):
     from safetensors.torch import load_file
 
     from tga_fast.training.config import ModelConfig
@@ -31,7 +35,7 @@ def test_4bit_frozen_llm_trains_the_projector(files, tmp_path):
     from tga_fast.training.train import main
 
     model_path, _ = files
-    config = ModelConfig(model_name_or_path=str(model_path), load_in_4bit=True, bnb_4bit_compute_dtype="float32")
+    config = ModelConfig(model_name_or_path=str(model_path), **QLORA)
     try:
         quantized, _ = load_model(config)
     except Exception as error:  # bitsandbytes without a CPU 4-bit backend here
@@ -45,31 +49,34 @@ def test_4bit_frozen_llm_trains_the_projector(files, tmp_path):
     out = tmp_path / "out"
     before = {k: v.clone() for k, v in resolve(quantized).projector.state_dict().items()}
     metrics = main(base_args(
-        *files, out, load_in_4bit="true", bnb_4bit_compute_dtype="float32", max_steps=2, target_layers=[1, 2],
+        *files, out, **{k: str(v).lower() for k, v in QLORA.items()}, max_steps=2, target_layers=[1, 2],
         save_full_model="false",
     ))  # fmt: skip
-    assert metrics["trainable"]["projector_trainable"] > 0 and "llm_trainable" not in metrics["trainable"]
+    assert metrics["trainable"]["projector_trainable"] > 0 and metrics["trainable"]["llm_trainable"] > 0
     assert sorted(step_losses(out)) == [1, 2]
     exported = load_file(str(out / "projector.safetensors"))
     changed = [k for k, v in before.items() if not torch.equal(exported[f"model.multi_modal_projector.{k}"], v)]
     assert changed, "the projector did not train"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 def test_4bit_projector_gradient_matches_the_dequantized_model(files, tmp_path):
-    """The oracle: the same model with the 4-bit weights dequantized to fp32. The teacher pass (eval, no grad)
-    runs first, as in training, so a layer that switched to a kernel without backward would show here."""
+    """The oracle: the same model with the 4-bit weights dequantized to fp32, both with the same LoRA adapters
+    (zero B at init: the function is the base model's). The teacher pass (eval, no grad) runs first, as in
+    training, so a layer that switched to a kernel without backward would show here."""
     from bitsandbytes.functional import dequantize_4bit
 
     from tga_fast.training.collator import TGACollator
     from tga_fast.training.config import ModelConfig, TGAConfig, TrainConfig
     from tga_fast.training.data import TGADataset
+    from tga_fast.training.lora import apply_lora
     from tga_fast.training.stages import freeze_for_stage, load_model
     from tga_fast.training.trainer import TGATrainer
 
     model_path, data_path = files
     try:
         quantized, processor = load_model(
-            ModelConfig(model_name_or_path=str(model_path), load_in_4bit=True, bnb_4bit_compute_dtype="float32")
+            ModelConfig(model_name_or_path=str(model_path), **QLORA)
         )
     except Exception as error:
         pytest.skip(f"bitsandbytes 4-bit on this CPU: {error}")
@@ -89,6 +96,8 @@ def test_4bit_projector_gradient_matches_the_dequantized_model(files, tmp_path):
     grads = []
     for model in (quantized, reference):
         freeze_for_stage(model, train_llm=False)
+        torch.manual_seed(0)  # the same adapter initialisation for both
+        model = apply_lora(model, ModelConfig(**{k: v for k, v in QLORA.items() if not k.startswith(("load", "bnb"))}))
         args = TrainConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
         trainer = TGATrainer(model=model, args=args, tga=TGAConfig(target_layers=[1, 2]), target_layers=[1, 2])
         assert not any(m.support_avx512bf16_for_cpu for m in layers4)
@@ -106,7 +115,7 @@ def test_4bit_checkpoint_reloads(files, tmp_path):
     from tga_fast.training.config import ModelConfig
     from tga_fast.training.stages import load_model
 
-    config = ModelConfig(model_name_or_path=str(files[0]), load_in_4bit=True, bnb_4bit_compute_dtype="float32")
+    config = ModelConfig(model_name_or_path=str(files[0]), **QLORA)
     try:
         trained, _ = load_model(config)
     except Exception as error:

@@ -29,12 +29,16 @@ class Architecture:
     image_token_attrs: tuple[str, ...] = ()
     # Text backbones a multimodal family accepts (its config.text_config.model_type).
     text_backbones: tuple[str, ...] = ()
+    # LoRA's default targets: the names of the attention and MLP projections inside a decoder block (a text
+    # family's; a multimodal family takes its text backbone's). Matched only under ``decoder_layers``.
+    lora_targets: tuple[str, ...] = ()
 
 
 _DECODER_ONLY = Architecture(
     decoder_layers=("model.layers",),
     final_norm=("model.norm",),
     input_embeddings=("model.embed_tokens",),
+    lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
 _LLAVA_LIKE = Architecture(
     decoder_layers=("model.language_model.layers", "language_model.model.layers"),
@@ -115,7 +119,13 @@ def _find(model: nn.Module, candidates: tuple[str, ...], part: str, model_type: 
 
 
 def resolve(model: nn.Module) -> ModelParts:
-    """The canonical parts of a supported HF model; raises with the supported list for any other family."""
+    """The canonical parts of a supported HF model; raises with the supported list for any other family.
+
+    A peft ``PeftModel`` (LoRA) resolves to the parts of the model it wraps: the same module objects, found
+    under the model's own paths rather than through peft's attribute forwarding."""
+    get_base_model = getattr(type(model), "get_base_model", None)
+    if get_base_model is not None:
+        model = get_base_model(model)
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:

@@ -95,7 +95,10 @@ def _weights_problem(folder: Path, deepspeed: bool) -> str | None:
             if problem:
                 return problem
         return None
-    if deepspeed or any(folder.glob("pytorch_model*.bin")) or any(folder.glob("adapter_model.*")):
+    if any(folder.glob("adapter_model.*")) and not deepspeed:
+        # a LoRA checkpoint: the adapter, and the projector that trains in full beside it (TGATrainer._save)
+        return _safetensors_problem(folder / "projector.safetensors")
+    if deepspeed or any(folder.glob("pytorch_model*.bin")):
         return None
     return f"no model weights ({SINGLE_FILE}, {INDEX_FILE} or a DeepSpeed global_step folder)"
 

@@ -64,7 +64,8 @@ class ModelConfig:
     )
     load_in_4bit: bool = field(
         default=False,
-        metadata={"help": "bitsandbytes 4-bit LLM (frozen; projector-only runs); vision tower, projector and lm_head stay unquantised"},
+        metadata={"help": "bitsandbytes 4-bit LLM, trained through LoRA adapters (QLoRA: needs lora_r > 0); vision "
+                  "tower, projector and lm_head stay unquantised"},
     )
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "nf4 or fp4"})
     bnb_4bit_compute_dtype: str = field(default="bfloat16", metadata={"help": "float32, bfloat16 or float16"})
@@ -73,14 +74,39 @@ class ModelConfig:
     projector_path: str | None = field(
         default=None, metadata={"help": "start from this projector.safetensors (stage 1's export) instead of the folder's"}
     )
+    # ---- LoRA / QLoRA (peft; tga_fast.training.lora) ----
+    lora_r: int = field(
+        default=0,
+        metadata={"help": "LoRA rank; 0: no adapters. > 0 (with train_llm): the LLM trains through LoRA adapters, "
+                  "its own weights frozen; the projector trains in full, the vision tower never"},
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (the update is alpha / r * BA); default 2 * lora_r"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target: list[str] | None = field(
+        default=None,
+        metadata={"help": "module names inside the LLM's decoder blocks to adapt (e.g. q_proj v_proj); default: the "
+                  "attention and MLP projections of the text family (tga_fast/models/adapters.py)"},
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             _fail("ModelConfig", "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"):
             _fail("ModelConfig", "attn_implementation", f"is not an attention implementation: {self.attn_implementation!r}")
-        if self.load_in_4bit and self.train_llm:
-            _fail("ModelConfig", "load_in_4bit", "freezes the LLM: it needs train_llm=False (a projector-only run)")
+        if self.lora_r < 0:
+            _fail("ModelConfig", "lora_r", f"must be >= 0 (0: no LoRA), got {self.lora_r}")
+        if self.lora_r and not self.train_llm:
+            _fail("ModelConfig", "lora_r", "adapts the LLM: it needs train_llm=True (lora_r 0 trains the projector only)")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            _fail("ModelConfig", "lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            _fail("ModelConfig", "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_target is not None and (not self.lora_target or not self.lora_r):
+            _fail("ModelConfig", "lora_target", "needs lora_r > 0 and at least one module name")
+        if self.load_in_4bit and not self.lora_r:
+            # transformers' Trainer trains a quantised model only through adapters (QLoRA)
+            _fail("ModelConfig", "load_in_4bit", "a 4-bit LLM trains through LoRA adapters (QLoRA): set lora_r > 0 "
+                  "and train_llm=True")
         if self.projector_path is not None and not Path(self.projector_path).is_file():
             _fail("ModelConfig", "projector_path", f"is not a file: {self.projector_path}")
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
@@ -237,7 +263,14 @@ class TrainConfig(TrainingArguments):
         metadata={"help": "each step all image or all text-only samples on every process (needed by ZeRO/DDP with mixed data)"},
     )
     save_full_model: bool = field(
-        default=True, metadata={"help": "save the whole model at the end (False: the projector export only)"}
+        default=True,
+        metadata={"help": "save the whole model at the end (with LoRA: the adapter and projector.safetensors; False: "
+                  "the projector export only)"},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "LoRA runs: also write <output_dir>/merged, the base model (unquantised) with the adapter "
+                  "merged in and the trained projector, a plain HF folder"},
     )
     overwrite_output_dir: bool = field(
         default=False,

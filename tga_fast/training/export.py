@@ -6,6 +6,7 @@ point. Keys are the model's own state-dict names (``model.multi_modal_projector.
 
     export_projector(trainer.model, "out/projector.safetensors")      # every rank calls it under ZeRO-3
     load_projector(model, "out/projector.safetensors")
+    export_merged("models/llava", "out/stage2", "out/stage2/merged")  # a LoRA run's adapter merged into its base
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from torch import nn
 
 from tga_fast.models import resolve
 
-__all__ = ["export_projector", "load_projector", "projector_state_dict"]
+__all__ = ["export_merged", "export_projector", "load_projector", "projector_state_dict"]
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The HF model inside DeepSpeed/DDP wrappers and a peft ``PeftModel`` (whose module names carry a
+    ``base_model.model.`` prefix that a plain model would not load)."""
+    model = getattr(model, "module", model)
+    get_base_model = getattr(type(model), "get_base_model", None)
+    return get_base_model(model) if get_base_model is not None else model
 
 
 def _projector(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the projector inside ``model`` (unwrapping DeepSpeed/DDP wrappers)."""
-    model = getattr(model, "module", model)
+    """``(name, module)`` of the projector inside ``model`` (unwrapping DeepSpeed/DDP and peft wrappers)."""
+    model = _unwrapped(model)
     projector = resolve(model).projector
     if projector is None:
         raise ValueError(f"{type(model).__name__} has no projector")
@@ -72,7 +81,7 @@ def export_projector(model: nn.Module, path: str | Path) -> Path | None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    inner = getattr(model, "module", model)
+    inner = _unwrapped(model)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"model_type": inner.config.model_type})
     return path
 
@@ -101,3 +110,23 @@ def load_projector(model: nn.Module, path: str | Path) -> list[str]:
                     raise ValueError(f"{path}: {key} has shape {tuple(local[key].shape)}, the model {tuple(target.shape)}")
                 target.copy_(local[key].to(target.dtype))
     return sorted(tensors)
+
+
+def export_merged(base: str | Path, adapter: str | Path, out: str | Path, *, dtype: str = "float32") -> Path:
+    """The LoRA run's adapter merged into its base model, with the trained projector: a plain HF folder (model and
+    processor) that ``load_model`` and ``transformers`` load without peft.
+
+    ``base``: the model folder the run started from; ``adapter``: the folder :func:`~tga_fast.training.lora.save_adapter`
+    wrote. The base is reloaded unquantised in ``dtype`` (a QLoRA run's 4-bit weights are not merged into: their
+    rounding would be merged too), so the merged model computes what the trained ``PeftModel`` computes on the
+    unquantised base.
+    """
+    from tga_fast.models.loading import load_model
+    from tga_fast.training.lora import load_adapter
+
+    model, processor = load_model(base, device="cpu", dtype=dtype)
+    merged = load_adapter(model, adapter).merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return out

@@ -82,6 +82,27 @@ def _resume_point(config: TrainConfig) -> str | None:
     return value
 
 
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a JSON path or a dict)."""
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    return (config.get("zero_optimization") or {}).get("stage")
+
+
+def _export_merged(trainer, model_config: ModelConfig, train_config: TrainConfig) -> Path | None:
+    """``<output_dir>/merged``: the adapter merged into the unquantised base (rank 0; the others wait)."""
+    from tga_fast.training.export import export_merged
+    from tga_fast.training.lora import save_adapter
+
+    out = Path(train_config.output_dir)
+    merged = None
+    if trainer.is_world_process_zero():
+        adapter = out if train_config.save_full_model else save_adapter(trainer.model, out / "adapter")
+        merged = export_merged(model_config.model_name_or_path, adapter, out / "merged",
+                               dtype="float32" if model_config.load_in_4bit else model_config.dtype)
+    trainer.accelerator.wait_for_everyone()
+    return merged
+
+
 def _require_images(dataset, data_path: str) -> None:
     """TGA trains the projector on image samples: with none left (a wrong ``--image_folder``, say) the run would
     export the initial projector unchanged, so it stops here with the count and the first reasons."""
@@ -123,6 +144,9 @@ def train(
     data_path = data_config.require_data()
     if model_config.load_in_4bit and train_config.deepspeed:
         raise UserError("ModelConfig.load_in_4bit: a 4-bit LLM runs without DeepSpeed (one process or torchrun)")
+    if model_config.lora_r and train_config.deepspeed and _zero_stage(train_config.deepspeed) == 3:
+        raise UserError("ModelConfig.lora_r: LoRA runs with ZeRO-2 (configs/deepspeed/zero2.json), DDP or one process, "
+                        "not ZeRO-3 (the adapters are small; the frozen LLM is not partitioned)")
     resume = _resume_point(train_config)  # before anything is loaded: a refused output_dir costs nothing
     set_seed(train_config.seed)
     if train_config.deepspeed:
@@ -137,7 +161,15 @@ def train(
     model, processor = load_model(model_config)
     if model_config.projector_path:
         load_projector(model, model_config.projector_path)
-    trainable = freeze_for_stage(model, model_config.train_llm)
+    if model_config.lora_r:
+        from tga_fast.training.lora import apply_lora
+        from tga_fast.training.stages import parameter_counts
+
+        freeze_for_stage(model, train_llm=False)  # the LLM's own weights stay frozen: the adapters train
+        model = apply_lora(model, model_config)
+        trainable = parameter_counts(model)
+    else:
+        trainable = freeze_for_stage(model, model_config.train_llm)
     layers = resolve_target_layers(tga_config, resolve(model).num_layers)
     dataset = TGADataset(
         data_path,
@@ -169,7 +201,10 @@ def train(
     )
     result = trainer.train(resume_from_checkpoint=resume)
     if train_config.save_full_model:
-        trainer.save_model()
+        trainer.save_model()  # with LoRA: the adapter and projector.safetensors (TGATrainer._save)
+    merged = None
+    if model_config.lora_r and train_config.merge_lora:
+        merged = _export_merged(trainer, model_config, train_config)
     projector = None
     if train_config.export_projector:
         projector = export_projector(trainer.model_wrapped, Path(train_config.output_dir) / "projector.safetensors")
@@ -177,6 +212,8 @@ def train(
     metrics.update(trainable=trainable, target_layers=list(layers), skipped_records=len(dataset.skipped),
                    text_replay_samples=replayed, resumed_from=resume)
     metrics["projector"] = None if projector is None else str(projector)
+    if merged is not None:
+        metrics["merged"] = str(merged)
     if trainer.is_world_process_zero():
         out = Path(train_config.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ inside it (a DeepSpeed engine's own ``training`` flag never changes).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -29,6 +30,7 @@ from transformers import Trainer
 from tga_fast.models import capture, resolve
 from tga_fast.training.checkpoints import load_renamed_checkpoint
 from tga_fast.training.config import TGAConfig
+from tga_fast.training.lora import PROJECTOR_FILE, is_peft_model
 from tga_fast.training.loss import tga_alignment_loss
 from tga_fast.training.stages import keep_4bit_layers_differentiable
 
@@ -48,13 +50,6 @@ EXTRA_KEYS = (
 )
 # Optional among them (a collator of an older layout may leave it out): the hinge then follows has_retrieved.
 _OPTIONAL_KEYS = ("hinge_mask",)
-_QUANTIZED_PARAMS = ("Params4bit", "Int8Params")
-
-
-def _trains_only_unquantized(model: nn.Module) -> bool:
-    """True when some parameters train and none of them is a bitsandbytes-quantised weight."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return bool(trainable) and not any(type(p).__name__ in _QUANTIZED_PARAMS for p in trainable)
 
 
 class TGATrainer(Trainer):
@@ -73,18 +68,7 @@ class TGATrainer(Trainer):
         if train_args is not None and train_args.remove_unused_columns:
             logger.warning("remove_unused_columns=True would drop the teacher batch and spans: set to False")
             train_args.remove_unused_columns = False
-        # Workaround (2026-11, transformers 5.24): Trainer.__init__ (trainer_utils.validate_quantization_for_training)
-        # refuses a quantised model without PEFT adapters, assuming nothing else can train; here the trainable part
-        # is the unquantised projector over a frozen 4-bit LLM. The flag it reads (an instance attribute set by the
-        # quantizer at load) is lowered during __init__ only and restored; nothing later in training reads it.
-        hide = bool(getattr(model, "is_quantized", False)) and _trains_only_unquantized(model)
-        if hide:
-            quantized_flag, model.is_quantized = model.is_quantized, False
-        try:
-            super().__init__(*args, **kwargs)
-        finally:
-            if hide:
-                model.is_quantized = quantized_flag
+        super().__init__(*args, **kwargs)  # a 4-bit model trains through LoRA adapters (tga_fast.training.lora)
         if model is not None:
             keep_4bit_layers_differentiable(model)
         self.tga = tga
@@ -233,11 +217,28 @@ class TGATrainer(Trainer):
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The Trainer's save; a LoRA model's also writes ``projector.safetensors`` next to the adapter, which holds
+        only the adapter's weights (the projector trains in full outside it)."""
+        super()._save(output_dir, state_dict)
+        if is_peft_model(self.model):
+            from tga_fast.training.export import export_projector
+
+            export_projector(self.model, Path(output_dir or self.args.output_dir) / PROJECTOR_FILE)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Loads a Trainer checkpoint's weights under the model's own parameter names (see
         :mod:`tga_fast.training.checkpoints`: transformers 5.24 would silently skip every LLaVA weight). DeepSpeed
-        and FSDP checkpoints, and mappings that are not pure renamings, keep transformers' path."""
+        and FSDP checkpoints, and mappings that are not pure renamings, keep transformers' path. A LoRA checkpoint
+        (not DeepSpeed's, which holds every trainable weight) is the adapter, loaded by transformers, and the
+        projector beside it."""
         model = self.model if model is None else model
+        if is_peft_model(model) and not self.is_deepspeed_enabled and not self.is_fsdp_enabled:
+            from tga_fast.training.export import load_projector
+
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load_projector(model, Path(resume_from_checkpoint) / PROJECTOR_FILE)
+            return
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not load_renamed_checkpoint(model, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -245,7 +246,12 @@ class TGATrainer(Trainer):
         """``load_best_model_at_end``: the same renaming as :meth:`_load_from_checkpoint`."""
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_best_model()
-        if not load_renamed_checkpoint(self.model, self.state.best_model_checkpoint):
+        if is_peft_model(self.model):
+            from tga_fast.training.export import load_projector
+
+            super()._load_best_model()
+            load_projector(self.model, Path(self.state.best_model_checkpoint) / PROJECTOR_FILE)
+        elif not load_renamed_checkpoint(self.model, self.state.best_model_checkpoint):
             super()._load_best_model()
 
     # ---- metrics -------------------------------------------------------------------------------------------
