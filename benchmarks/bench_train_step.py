@@ -15,6 +15,8 @@ caption prompt for the teacher), at two lengths:
                  the teacher pass alone)
 ``lora``         ``tga``'s step on a copy of the model with LoRA adapters (r 16, alpha 32, dropout 0.05, the default
                  targets: the LLM's attention and MLP projections) and the projector trainable, the LLM frozen
+``lora_nodrop``  the same with ``lora_dropout`` 0 (peft then feeds the layer's input to the adapter as is, instead
+                 of a dropped-out copy that the backward keeps)
 ``tga_adamw``,   a whole optimizer step of full fine-tuning (``tga``) and of LoRA (``lora``): the step above plus
 ``lora_adamw``   an AdamW update whose state is created in the step, so that its memory counts in the step's peak
 
@@ -25,7 +27,7 @@ Issue 14: stage 2 with LoRA (r 16) against full fine-tuning, peak memory and ste
 
     python -m pytest benchmarks/bench_train_step.py -o python_files='bench_*.py' --benchmark-only
     python -m benchmarks.bench_train_step --interleaved --rounds 5      # providers in turn: for a shared machine
-    python -m benchmarks.bench_train_step --interleaved --providers tga lora tga_adamw lora_adamw
+    python -m benchmarks.bench_train_step --interleaved --providers tga lora lora_nodrop tga_adamw lora_adamw
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 
 from benchmarks.measure import ROOT, peak_memory_here
 
-PROVIDERS = ("plain", "tga", "released", "released_hs", "lora", "tga_adamw", "lora_adamw")
+PROVIDERS = ("plain", "tga", "released", "released_hs", "lora", "lora_nodrop", "tga_adamw", "lora_adamw")
 LORA_RANK = 16
 LENGTHS = (512, 2048)  # 2048: the stage-1 max length (configs/stage1_pretrain.json)
 LAYERS = tuple(range(4, 8))  # METHOD's 10..18 of 32 layers scaled to 12 (tga_fast.training.config.default_target_layers)
@@ -149,30 +151,31 @@ def released_terms(model, inputs, extras, student_attention: bool):
 _STATE: dict = {}
 
 
-def lora_model():
-    """``build()``'s model, built again, with LoRA adapters (r 16) and the projector trainable, the LLM frozen:
-    a model of its own, since peft changes the model it wraps."""
-    if "lora_model" not in _STATE:
+def lora_model(dropout: float = 0.05):
+    """``build()``'s model, built again, with LoRA adapters (r 16, ``dropout``) and the projector trainable, the
+    LLM frozen: a model of its own, since peft changes the model it wraps."""
+    key = f"lora_model_{dropout}"
+    if key not in _STATE:
         from tga_fast.training.config import ModelConfig
         from tga_fast.training.lora import apply_lora
         from tga_fast.training.stages import freeze_for_stage
 
         model = build()
         freeze_for_stage(model, train_llm=False)
-        _STATE["lora_model"] = apply_lora(model, ModelConfig(train_llm=True, lora_r=LORA_RANK))
-    return _STATE["lora_model"]
+        _STATE[key] = apply_lora(model, ModelConfig(train_llm=True, lora_r=LORA_RANK, lora_dropout=dropout))
+    return _STATE[key]
 
 
 def workload(provider: str, seq_len: int, tmp_dir: str = "/tmp"):
     """``run()``: one training step (forward, backward; gradients zeroed first) of ``provider``."""
     if provider.startswith("lora"):
-        model = lora_model()
+        model = lora_model(0.0 if provider == "lora_nodrop" else 0.05)
     else:
         if "model" not in _STATE:
             _STATE["model"] = build()
         model = _STATE["model"]
     inputs, extras = batch(seq_len)
-    tga_step = provider in ("tga", "lora", "tga_adamw", "lora_adamw")
+    tga_step = provider in ("tga", "lora", "lora_nodrop", "tga_adamw", "lora_adamw")
     trainer = trainer_for(model, tmp_dir) if tga_step else None
     trainable = [p for p in model.parameters() if p.requires_grad]
 
