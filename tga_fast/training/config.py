@@ -105,6 +105,13 @@ class DataConfig:
     use_retrieved: bool = field(
         default=True, metadata={"help": "put 'Retrieved Text: ...' before the image (False: no retrieved text, no hinge)"}
     )
+    # --- content order (issue 14): a template that replaces the processor's ---
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "a Jinja file whose chat template replaces the processor's (and is saved with the trained "
+                  "model); needed when the model's own renders the image before the retrieved text (llava-hf's do): "
+                  "configs/chat_templates/llava-1.5-content-order.jinja for llava-1.5 checkpoints"},
+    )
     text_replay_path: str | None = field(
         default=None,
         metadata={"help": "LLaVA-format .json/.jsonl of text-only records (no 'image') mixed into training: LM loss "
@@ -135,6 +142,8 @@ class DataConfig:
             _fail("DataConfig", "image_folder", f"is not a folder: {self.image_folder}")
         if self.text_replay_path is not None and not Path(self.text_replay_path).is_file():
             _fail("DataConfig", "text_replay_path", f"is not a file: {self.text_replay_path}")
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            _fail("DataConfig", "chat_template", f"is not a file: {self.chat_template}")
         return self.data_path
 
 
