@@ -107,6 +107,22 @@ def test_plain_transformers_loads_it(sources, tmp_path):
     torch.testing.assert_close(projector(x), projector.linear_1(x))
 
 
+def test_an_llm_without_a_template_gets_llava_1_5s_format(sources, tmp_path, caplog):
+    """Vicuna ships no chat template: the builder uses LLaVA-1.5's "USER: ... ASSISTANT:" format, and says so."""
+    import shutil
+
+    from tga_fast.models.build import LLAVA_1_5_TEMPLATE
+
+    llm = shutil.copytree(sources["llama"], tmp_path / "vicuna-like")
+    (llm / "chat_template.jinja").unlink()
+    with caplog.at_level("WARNING", logger="tga_fast.models.build"):
+        _, processor = build_lvlm(llm, sources["clip"])
+    assert "ships no chat template" in caplog.text
+    assert processor.chat_template == processor.tokenizer.chat_template == LLAVA_1_5_TEMPLATE
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    assert text == "USER: Retrieved Text: a cat. <image>\nwhat is this? ASSISTANT:"
+
+
 def test_same_seed_same_projector_and_the_global_rng_untouched(sources):
     def projector(seed):
         model, _ = build_lvlm(sources["llama"], sources["clip"], seed=seed)

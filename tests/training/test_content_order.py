@@ -29,6 +29,13 @@ IMAGE_FIRST = (
     "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %} "
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+IMAGE_LAST = (  # the text items first, then every image
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}\n<image>{% endfor %}"
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %} "
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 FAMILIES = [
     ("llava", "llama"), ("llava", "mistral"), ("llava", "qwen2"), ("llava_next", "llama"), ("build_lvlm", "qwen2")
 ]
@@ -71,6 +78,9 @@ def test_image_first_template_is_an_error_naming_the_template_and_the_fix(tmp_pa
     with pytest.raises(ContentOrderError):  # every sample, too
         render_conversation(processor, [Turn("q?", "a.")], image=True, retrieved="r")
     render_conversation(processor, [Turn("q?", "a.")], image=True, retrieved=None)  # nothing to misplace
+    processor.chat_template = IMAGE_LAST
+    with pytest.raises(ContentOrderError, match="renders the image after the question"):
+        check_content_order(processor)
     # The fix: the shipped LLaVA-1.5 template with content order kept (the builder's fallback, the same text).
     shipped = ROOT / "configs" / "chat_templates" / "llava-1.5-content-order.jinja"
     assert shipped.read_text(encoding="utf-8") == LLAVA_1_5_TEMPLATE

@@ -156,6 +156,18 @@ def _add_tokens(llm, tokenizer, image_token: str) -> list[int]:
     return new_ids
 
 
+def _check_template_order(tokenizer, image_token: str) -> None:
+    """Renders a user turn ``[text, image, text]`` and raises when the three do not come out in that order (a
+    template that drops or reorders content items)."""
+    probe = [{"role": "user", "content": [{"type": "text", "text": "first-probe "}, {"type": "image"},
+                                          {"type": "text", "text": "last-probe"}]}]  # fmt: skip
+    text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    positions = [text.find(piece) for piece in ("first-probe", image_token, "last-probe")]
+    if min(positions) < 0 or positions != sorted(positions):
+        raise UserError(f"the chat template does not keep content order (a [text, image, text] turn renders as "
+                        f"{text!r}): pass --chat-template FILE with one that does")
+
+
 def _image_processor(vision: Path, vision_config, has_cls: bool):
     """The tower's own image processor when the folder has one (``preprocessor_config.json``), else the family's
     default at the tower's resolution."""
@@ -302,6 +314,7 @@ def _build(llm, vision, out, *, projector, vision_layer, image_tokens, anyres, s
     new_ids = _add_tokens(language, tokenizer, image_token)
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)
     tokenizer.chat_template = template
+    _check_template_order(tokenizer, image_token)
 
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     strategy = "default" if image_tokens == "default" and has_cls else "full"

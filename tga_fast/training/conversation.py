@@ -195,7 +195,7 @@ def _order_problem(processor, text: str, retrieved_start: int, question_start: i
         return "renders the image before the retrieved text"
     if question_start is not None and question_start < image:
         return "renders the image after the question"
-    return None
+    return None  # retrieved < image < question: the question cannot then precede the retrieved text
 
 
 def _order_error(processor, problem: str, text: str, source: str | None) -> ContentOrderError:
@@ -229,7 +229,7 @@ def check_content_order(processor, *, source: str | None = None) -> str | None:
     messages = _messages(processor, [Turn(question=question, answer="a probe answer.")], True, retrieved)
     text = processor.apply_chat_template(messages, tokenize=False)
     found = locate_pieces(text, [("retrieved", f"{RETRIEVED_PREFIX}{retrieved}")])
-    question_at = text.find(question, found["retrieved"][1])
+    question_at = text.find(question)
     problem = _order_problem(processor, text, found["retrieved"][0], question_at if question_at >= 0 else None)
     if problem:
         raise _order_error(processor, problem, text, source)
