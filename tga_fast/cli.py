@@ -16,6 +16,7 @@ from tga_fast.commands.analyze import add_analyze
 from tga_fast.commands.demo import add_demo
 from tga_fast.commands.env import add_env
 from tga_fast.commands.evaluate import add_eval
+from tga_fast.commands.merge import add_merge
 from tga_fast.commands.retrieve import add_retrieve
 from tga_fast.commands.train import add_train
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_analyze(commands)
     add_eval(commands)
+    add_merge(commands)
     return parser
 
 
