@@ -52,6 +52,8 @@ def merge_dsr(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, ove
         recorded = result.settings.get("shard")
         if not isinstance(recorded, dict):
             raise UserError(f"{name} is the result of an unsharded run (no --shard): there is nothing to merge")
+        if not {"index", "count", "total", "ids"} <= set(recorded):
+            raise UserError(f"{name}: its settings.shard lacks index, count, total or ids (a hand-edited result?)")
         loaded.append((Shard(recorded["index"], recorded["count"]), (name, result)))
     ordered = order_parts(loaded, names)
     first_name, first = ordered[0]

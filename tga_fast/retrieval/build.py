@@ -391,9 +391,11 @@ def merge_retrieved(parts, out: str | os.PathLike, *, overwrite: bool = False) -
     states = [read_finished(p) for p in parts]
     shards = []
     for name, state in zip(names, states):
-        recorded = state.get("fingerprint", {}).get("shard")
+        recorded = (state.get("fingerprint") or {}).get("shard")
         if not isinstance(recorded, dict):
             raise UserError(f"{name} is the output of an unsharded run (no --shard): there is nothing to merge")
+        if not {"index", "count"} <= set(recorded) or not isinstance(state["counts"].get("input_records"), int):
+            raise UserError(f"{name}.progress.json lacks the shard or the input count (a hand-edited sidecar?)")
         shards.append(Shard(recorded["index"], recorded["count"]))
     ordered = order_parts(list(zip(shards, zip(names, states))), names)
     first_name, first = ordered[0]

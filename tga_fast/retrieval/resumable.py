@@ -156,7 +156,8 @@ def read_finished(path: str | os.PathLike) -> dict:
     try:
         state = json.loads(sidecar.read_text(encoding="utf-8"))
         size = int(state["bytes"])
-    except (ValueError, KeyError, TypeError) as error:
+        state.setdefault("counts", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"{sidecar} is unreadable ({type(error).__name__}: {error})") from None
     if not state.get("complete"):
         raise UserError(f"{path} is not finished ({state.get('records')} records so far): rerun its command to "
