@@ -17,6 +17,7 @@ from tga_fast.commands.build_lvlm import add_build_lvlm
 from tga_fast.commands.demo import add_demo
 from tga_fast.commands.env import add_env
 from tga_fast.commands.evaluate import add_eval
+from tga_fast.commands.merge import add_merge
 from tga_fast.commands.retrieve import add_retrieve
 from tga_fast.commands.train import add_train
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_analyze(commands)
     add_eval(commands)
+    add_merge(commands)
     return parser
 
 

@@ -122,8 +122,17 @@ class DataConfig:
         metadata={"help": "share of text-replay samples among an epoch's samples, in [0, 1) (drawn from the file with "
                   "the seed, repeated if it is short); unset: every record of text_replay_path once"},
     )
+    # Toxic samples are text-only (METHOD.md 4): the LM loss on a toxic image would be visual safety tuning.
+    toxic_images: str = field(
+        default="reject",
+        metadata={"help": "a record flagged toxic that has an image: 'reject' (skipped and listed with the reason) "
+                  "or 'zero' (the released code's behaviour: its LLaVA fork gives it a zero image and no image "
+                  "tokens, so it is kept and trained text-only, LM loss only, without its image)"},
+    )
 
     def __post_init__(self):
+        if self.toxic_images not in ("reject", "zero"):
+            _fail("DataConfig", "toxic_images", f"must be 'reject' or 'zero', got {self.toxic_images!r}")
         if self.max_length < 1:
             _fail("DataConfig", "max_length", f"must be >= 1, got {self.max_length}")
         if self.text_replay_ratio is not None:

@@ -150,6 +150,7 @@ def train(
         image_folder=data_config.image_folder,
         max_length=data_config.max_length,
         use_retrieved=data_config.use_retrieved,
+        toxic_images=data_config.toxic_images,
         progress=train_config.process_index == 0 and not train_config.disable_tqdm,
     )
     if len(dataset) == 0:
