@@ -13,9 +13,11 @@ import sys
 
 # Each command module only declares its options; the heavy imports happen inside its handler.
 from tga_fast.commands.analyze import add_analyze
+from tga_fast.commands.build_lvlm import add_build_lvlm
 from tga_fast.commands.demo import add_demo
 from tga_fast.commands.env import add_env
 from tga_fast.commands.evaluate import add_eval
+from tga_fast.commands.merge import add_merge
 from tga_fast.commands.retrieve import add_retrieve
 from tga_fast.commands.train import add_train
 
@@ -32,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_env(commands)
     add_retrieve(commands)
+    add_build_lvlm(commands)
     add_demo(commands)
     add_train(commands)
     add_analyze(commands)
     add_eval(commands)
+    add_merge(commands)
     return parser
 
 

@@ -37,6 +37,10 @@ def conversation(i):
 
 @pytest.fixture()
 def image_dataset(tmp_path):
+    return make_image_dataset(tmp_path)
+
+
+def make_image_dataset(tmp_path):
     """20 records: 17 with images, one text-only, one with a missing image, one unreadable image file."""
     (tmp_path / "images").mkdir()
     names = save_images(tmp_path / "images", 17)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 
@@ -61,6 +62,7 @@ def test_target_layers_default_and_depth():
         (lambda: DataConfig(data_path=__file__, image_folder="/no/such/folder").require_data(), "DataConfig.image_folder"),
         (lambda: DataConfig(data_path=__file__, text_replay_path="/no/such.jsonl").require_data(),
          "DataConfig.text_replay_path"),
+        (lambda: DataConfig(data_path=__file__, chat_template="/no/such.jinja").require_data(), "DataConfig.chat_template"),
         (lambda: TrainConfig(output_dir="o", remove_unused_columns=True), "TrainConfig.remove_unused_columns"),
         (
             lambda: TrainConfig(output_dir="o", activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True}),
@@ -92,13 +94,36 @@ def test_parse_argv():
         parse_config(["--output_dir", "out", "--no_such_option", "1"])
 
 
+# What a stage preset must state, not inherit (docs/training.md says where each value comes from).
+EXPLICIT = (
+    {f.name for f in fields(TGAConfig)}
+    | {"train_llm", "use_retrieved", "max_length", "chat_template", "learning_rate", "per_device_train_batch_size",
+       "num_train_epochs", "lr_scheduler_type", "warmup_steps", "activation_checkpointing", "bf16"}
+)
+
+
+@pytest.mark.parametrize("name", ["stage1_pretrain.json", "stage2_finetune.json", "stage2_projector_only.json"])
+def test_presets_state_every_tga_option(name):
+    values = json.loads((CONFIGS / name).read_text())
+    assert EXPLICIT <= set(values), sorted(EXPLICIT - set(values))
+    assert values["align"] and values["use_retrieved"] and values["target_layers"] is None
+    assert (values["pair_weight"], values["hinge_weight"], values["pair_power"], values["hinge_power"]) == (0.25, 0.1, 1, 2)
+    assert not values["faithful_reference"] and values["lm_loss_weight"] == 1
+
+
 def test_presets_parse_and_match_the_method(tmp_path):
+    import yaml
+
+    assert yaml.safe_load((CONFIGS / "stage1_pretrain.yaml").read_text()) == json.loads(
+        (CONFIGS / "stage1_pretrain.json").read_text()
+    )
     stage1 = parse_config([str(CONFIGS / "stage1_pretrain.json"), "--output_dir", str(tmp_path), "--use_cpu", "true"])
     yaml_stage1 = parse_config([str(CONFIGS / "stage1_pretrain.yaml"), "--output_dir", str(tmp_path), "--use_cpu", "true"])
     assert stage1[:3] == yaml_stage1[:3]
     assert stage1[3].to_dict() == yaml_stage1[3].to_dict()
-    model, _, _, train = stage1
+    model, data, tga, train = stage1
     assert not model.train_llm and train.learning_rate == 1e-3 and train.per_device_train_batch_size == 32
+    assert tga.align and data.use_retrieved and tga.target_layers is None and data.max_length == 2048
     for name in ("stage2_finetune.json", "stage2_projector_only.json"):
         model, data, _, train = parse_config([str(CONFIGS / name), "--output_dir", str(tmp_path), "--use_cpu", "true"])
         assert model.train_llm == (name == "stage2_finetune.json")

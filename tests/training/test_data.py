@@ -177,8 +177,11 @@ def test_parse_record_rules(tmp_path):
     raw = {"image": "a.png", "conversations": turn, "caption": "c", "retrieved": "r"}
     record, matched = parse_record(raw, "line 3", tmp_path)
     assert record.key == "line 3" and record.turns == (Turn("q", "a"),) and not matched and record.retrieved == "r"
-    toxic, _ = parse_record({"image": "a.png", "conversations": turn, "toxic": True}, "line 4", tmp_path)
-    assert toxic.caption is None and toxic.toxic  # a toxic image sample needs no caption
+    with pytest.raises(BadRecord, match="toxic record with an image"):  # toxic samples are text-only
+        parse_record({"image": "a.png", "conversations": turn, "toxic": True}, "line 4", tmp_path)
+    toxic, _ = parse_record({"image": "a.png", "conversations": turn, "toxic": True}, "line 4", tmp_path,
+                            toxic_images="zero")
+    assert toxic.caption is None and toxic.toxic and toxic.image is None  # kept text-only; needs no caption
     raw = {"id": 7, "conversations": [{"from": "human", "value": "q"}, turn[1]], "retrieved": "r"}
     text_only, _ = parse_record(raw, "x", tmp_path)
     assert text_only.key == "7" and text_only.retrieved is None  # no image: no place for a retrieved text

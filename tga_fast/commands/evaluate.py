@@ -19,15 +19,27 @@ logger = logging.getLogger("tga_fast.eval")
 def run_eval_dsr(args: argparse.Namespace) -> int:
     """Loads the model and data, evaluates, writes ``result.json``, ``samples.jsonl`` and ``figure.png`` (user
     errors: ``tga_fast.cli``)."""
-    from tga_fast.errors import require_positive
+    from tga_fast.errors import UserError, require_positive
     from tga_fast.commands.judges import judges_from_args, print_agreement, write_judge_outputs
     from tga_fast.evaluation.dsr import evaluate_dsr
     from tga_fast.models.loading import load_model
+    from tga_fast.sharding import parse_shard
 
     # Arguments, output and data first: a mistake fails in a second, before minutes of model loading.
+    shard = parse_shard(getattr(args, "shard", None))
+    if shard is not None:  # each shard writes its own result folder beside --out; `tga-fast merge` joins them
+        args.out = str(shard.part_folder(args.out))
     check_common(args)
     require_positive(args.max_new_tokens, "--max-new-tokens")
     data = load_data(args, logger, require_images=args.condition == "image")
+    samples, shard_settings = data.samples, {}
+    if shard is not None:
+        samples = list(shard.select(data.samples))
+        if not samples:
+            raise UserError(f"--shard {shard}: the data has only {len(data.samples)} valid samples, so this shard "
+                            f"has none (use at most {len(data.samples)} shards)")
+        # What `tga-fast merge` needs to put every sample back in place and check that none is lost or repeated.
+        shard_settings = {"shard": {**shard.to_json(), "total": len(data.samples), "ids": [s.id for s in samples]}}
     # So are bad judge flags, a bad keyword file or template and a missing classifier folder; the logit judge needs
     # the tokenizer and the hf judge its own model, so they wait for the model.
     judges_from_args(args, None, keyword_only=True)
@@ -41,10 +53,10 @@ def run_eval_dsr(args: argparse.Namespace) -> int:
 
         set_seed(args.seed)
     result = evaluate_dsr(
-        model, processor, data.samples, condition=args.condition, with_retrieved=args.with_retrieved,
+        model, processor, samples, condition=args.condition, with_retrieved=args.with_retrieved,
         system_prompt=args.system_prompt, judge=judge, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, generation_kwargs=generation_kwargs, progress=not args.no_progress,
-        settings={**cli_settings(args, data), "seed": args.seed}, cluster_by=args.cluster_by,
+        settings={**cli_settings(args, data), "seed": args.seed, **shard_settings}, cluster_by=args.cluster_by,
         extra_judges=extra_judges,
     )
     out = result.save(args.out, overwrite=args.overwrite)
@@ -103,6 +115,9 @@ def add_eval(commands) -> None:
     add("--temperature", type=float, default=1.0, help="with --do-sample")
     add("--top-p", dest="top_p", type=float, default=1.0, help="with --do-sample")
     add("--seed", type=int, default=None, help="random seed (sampling)")
+    add("--shard", default=None, metavar="K/N",
+        help="this process's share of a data-parallel run: samples K, K+N, K+2N, ... (K 0-based) into the folder "
+        "<out>.part-K-of-N; join the N parts with `tga-fast merge`")
     dsr.set_defaults(run=run_eval_dsr)
     _add_compare(kinds)
 

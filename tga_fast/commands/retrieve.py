@@ -49,4 +49,7 @@ def add_retrieve(commands) -> None:
     add("--no-progress", dest="no_progress", action="store_true")
     add("--overwrite", action="store_true",
         help="start again instead of resuming, replacing an existing --out (never replaced without it)")
+    add("--shard", default=None, metavar="K/N",
+        help="this process's share of a data-parallel run: records K, K+N, K+2N, ... (K 0-based) into "
+        "<out stem>.part-K-of-N.jsonl; join the N parts with `tga-fast merge`")
     retrieve.set_defaults(run=_retrieve)

@@ -1,5 +1,6 @@
 """HF vision-language models as tga_fast sees them: adapters (architectures as data), token spans, streaming
-capture of pooled hidden states, the logit lens, and interventions (knockout, steering, block skipping) that nest.
+capture of pooled hidden states, the logit lens, interventions (knockout, steering, block skipping) that nest, and
+``build_lvlm`` (a base LLM + a CLIP/SigLIP tower + a fresh projector as a LLaVA folder).
 
 Numbering: a parameter named ``layers`` means HF layers 0..N (``hidden_states[k]``: ``capture``, ``steer``,
 ``logit_lens``); one named ``blocks`` means decoder blocks 1..N (block k produces ``hidden_states[k]``:
@@ -18,6 +19,7 @@ from tga_fast.models.adapters import (
 )
 from tga_fast.models.attention import AttentionModifier, BlockedKeys, ShareProbe, attention_modifiers, open_modifiers
 from tga_fast.models.attention_probe import AttentionShares, attention_shares
+from tga_fast.models.build import build_lvlm
 from tga_fast.models.capture_hooks import Capture, StopForward, capture
 from tga_fast.models.hooks import hidden_from_pre_hook, hidden_of, layer_hook_points
 from tga_fast.models.interventions import knockout, skip_layers, steer
@@ -44,6 +46,7 @@ __all__ = [
     "StopForward",
     "attention_modifiers",
     "attention_shares",
+    "build_lvlm",
     "capture",
     "char_ranges_to_token_spans",
     "context_length",

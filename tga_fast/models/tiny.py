@@ -7,6 +7,8 @@ processors over it.
 
     model, processor = tiny_vlm("llava", text_backbone="qwen2")
     model, tokenizer = tiny_llm("mistral")
+    save_tiny_base_llm("llm/", "qwen2")         # a base LLM folder in its family's chat format, no image token
+    save_tiny_vision("clip/", "clip")           # a CLIP (or SigLIP) tower folder with its image processor
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ import warnings
 
 import torch
 
-__all__ = ["CHAT_TEMPLATE", "TEXT_BACKBONES", "tiny_llm", "tiny_tokenizer", "tiny_vlm", "random_images"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "TEXT_BACKBONES",
+    "VISION_TOWERS",
+    "random_images",
+    "save_tiny_base_llm",
+    "save_tiny_vision",
+    "tiny_llm",
+    "tiny_tokenizer",
+    "tiny_vlm",
+]
 
 TEXT_BACKBONES = ("llama", "mistral", "qwen2")
 IMAGE_TOKEN = "<image>"
@@ -35,24 +47,30 @@ _CORPUS = (
 )
 
 
-def tiny_tokenizer(vocab_size: int = 384):
-    """An offline byte-level BPE ``PreTrainedTokenizerFast`` with ``<pad> <s> </s> <image>`` and a chat template."""
+def _bpe_tokenizer(special_tokens, vocab_size: int):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on the fixed corpus, with ``special_tokens`` first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS] * 4, trainer)
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    return tokenizer
+
+
+def tiny_tokenizer(vocab_size: int = 384):
+    """An offline byte-level BPE ``PreTrainedTokenizerFast`` with ``<pad> <s> </s> <image>`` and a chat template."""
+    from transformers import PreTrainedTokenizerFast
+
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=_bpe_tokenizer(SPECIAL_TOKENS, vocab_size),
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
@@ -149,6 +167,109 @@ def tiny_vlm(
     model = model_class(config)
     model.set_attn_implementation(attn_implementation)
     return model.eval(), processor
+
+
+# Base LLMs as their families ship them: the family's own chat format (string contents only, as the real
+# templates are written), no image token, and no pad token where the real tokenizer has none.
+BASE_CHAT_FORMATS = {
+    "llama": dict(  # Llama-3's header format
+        special_tokens=(
+            "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+        ),
+        bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token=None,
+        chat_template=(
+            "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+            "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+        ),
+    ),
+    "mistral": dict(  # Mistral-Instruct's [INST] format
+        special_tokens=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        bos_token="<s>", eos_token="</s>", pad_token=None,
+        chat_template=(
+            "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+            "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+        ),
+    ),
+    "qwen2": dict(  # ChatML with Qwen2's default system prompt
+        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=(
+            "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+            "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        ),
+    ),
+}
+VISION_TOWERS = ("clip", "siglip")
+
+
+def save_tiny_base_llm(folder, backbone: str = "llama", *, layers: int = 2, hidden: int = 64,
+                       tie_word_embeddings: bool = False, seed: int = 0):
+    """Saves a random ``*ForCausalLM`` and its tokenizer to ``folder`` as a base LLM of ``backbone`` ships (see
+    ``BASE_CHAT_FORMATS``: the family's chat format, no image token); returns the folder as a ``Path``."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    if backbone not in BASE_CHAT_FORMATS:
+        raise ValueError(f"backbone must be one of {sorted(BASE_CHAT_FORMATS)}, got {backbone!r}")
+    style = BASE_CHAT_FORMATS[backbone]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe_tokenizer(style["special_tokens"], 384),
+        **{k: style[k] for k in ("bos_token", "eos_token", "pad_token") if style[k] is not None},
+    )
+    tokenizer.chat_template = style["chat_template"]
+    config = _text_config(backbone, len(tokenizer), tokenizer.pad_token_id, layers, hidden)
+    config.tie_word_embeddings = tie_word_embeddings
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_vision(folder, kind: str = "clip", *, whole_model: bool = False, image_size: int = 32,
+                     patch_size: int = 8, seed: int = 0):
+    """Saves a random 2-layer CLIP or SigLIP vision tower (``CLIPVisionModel`` / ``SiglipVisionModel``, or with
+    ``whole_model`` the dual encoder ``CLIPModel`` / ``SiglipModel`` as CLIP checkpoints ship) and its image
+    processor to ``folder``; returns the folder as a ``Path``. 32x32 images in 8x8 patches: 16 patches."""
+    from pathlib import Path
+
+    import transformers as tf
+
+    if kind not in VISION_TOWERS:
+        raise ValueError(f"kind must be one of {VISION_TOWERS}, got {kind!r}")
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text_sizes = dict(sizes, vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2)
+    if kind == "clip":
+        vision = tf.CLIPVisionConfig(**sizes, image_size=image_size, patch_size=patch_size)
+        image_processor = tf.CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
+        if whole_model:
+            config = tf.CLIPConfig(text_config=tf.CLIPTextConfig(**text_sizes).to_dict(),
+                                   vision_config=vision.to_dict(), projection_dim=16)
+            model_class = tf.CLIPModel
+        else:
+            config, model_class = vision, tf.CLIPVisionModel
+    else:
+        vision = tf.SiglipVisionConfig(**sizes, image_size=image_size, patch_size=patch_size)
+        image_processor = tf.SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        if whole_model:
+            config = tf.SiglipConfig(text_config=tf.SiglipTextConfig(**text_sizes).to_dict(),
+                                     vision_config=vision.to_dict())
+            model_class = tf.SiglipModel
+        else:
+            config, model_class = vision, tf.SiglipVisionModel
+    torch.manual_seed(seed)
+    model = model_class(config)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return folder
 
 
 def random_images(count: int, size: tuple[int, int] = (40, 40), seed: int = 0):

@@ -38,8 +38,9 @@ from tga_fast.errors import UserError, require_positive
 from tga_fast.files import atomic_write, read_json_records, resolve_inside, write_json
 from tga_fast.retrieval.corpus import dedupe, fingerprint, read_corpus
 from tga_fast.retrieval.index import Index
-from tga_fast.retrieval.resumable import ResumableJsonl
+from tga_fast.retrieval.resumable import ResumableJsonl, read_finished
 from tga_fast.retrieval.self_match import choose
+from tga_fast.sharding import Shard, order_parts, parse_shard, settings_difference
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class RetrieveConfig:
     self_match: str = "half"  # "half" | "next" | "keep"
     caption_field: str = "caption"
     text_field: str = "text"  # of corpus objects
-    index_dir: str | None = None  # default <out>.index
+    index_dir: str | None = None  # default <out>.index (a shard: <its part>.index)
     backend: str = "auto"  # Index backend
     index_kind: str = "flat"  # "flat" (exact) or "ivf"
     batch_size: int = 256  # records per search batch (and per durable write)
@@ -75,6 +76,7 @@ class RetrieveConfig:
     workers: int = 4  # image-decoding threads
     progress: bool = True
     overwrite: bool = False
+    shard: str | None = None  # "k/n": records k, k + n, ... into <out stem>.part-k-of-n.jsonl (tga_fast.sharding)
 
     def __post_init__(self):
         # Checked here, not at the first batch: a library caller gets the error before any work, the CLI exit 2.
@@ -85,6 +87,7 @@ class RetrieveConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} (--{name.replace('_', '-')}) must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
+        parse_shard(self.shard)
 
 
 def _records(path: str | os.PathLike) -> Iterator[tuple[str, dict, str | None]]:
@@ -132,7 +135,10 @@ def _build_or_load_index(config: RetrieveConfig, text_encoder_path: str, text_en
     """The corpus index of ``index_dir``, reused when it was built from the same corpora and encoder, else built.
     ``text_encoder``: an encoder already loaded, or a callable returning one (loaded only when the index must be
     built, after the corpora were read, so a bad corpus line is reported before any model is loaded)."""
-    index_dir = Path(config.index_dir or f"{config.out}.index")
+    shard = parse_shard(config.shard)
+    # Each shard keeps its own default cache beside its part: shards building one folder at once would race (a
+    # save removes index.json before rewriting it). One --index-dir built beforehand can be shared.
+    index_dir = Path(config.index_dir or f"{config.out if shard is None else shard.part_file(config.out)}.index")
     source = {"corpus": fingerprint(config.corpus), "toxic_corpus": fingerprint(config.toxic_corpus)
               if config.toxic_corpus else None, "text_encoder": str(Path(text_encoder_path).resolve()),
               "text_field": config.text_field, "kind": config.index_kind}
@@ -223,13 +229,16 @@ def retrieve(config: RetrieveConfig) -> dict:
     _check_inputs(config, text_encoder_path)
     if config.query == "image" and config.text_encoder and config.text_encoder != config.image_encoder:
         log.warning("text_encoder differs from image_encoder: the two must embed into the same space")
-    out = Path(config.out)
-    work_path = out if out.suffix.lower() != ".json" else out.with_name(out.name + ".partial.jsonl")
+    shard = parse_shard(config.shard)
+    out = Path(config.out) if shard is None else shard.part_file(config.out)
+    work_path = _work_path(config)
     options = {k: v for k, v in asdict(config).items()
                if k in ("query", "top_k", "self_match", "caption_field", "text_field", "index_kind", "image_folder")}
     fingerprint_ = {"data": fingerprint(config.data), "corpus": fingerprint(config.corpus),
                     "toxic_corpus": fingerprint(config.toxic_corpus) if config.toxic_corpus else None,
                     "image_encoder": config.image_encoder, "text_encoder": text_encoder_path, **options}
+    if shard is not None:  # only then: an unsharded run's sidecar stays what earlier versions wrote
+        fingerprint_["shard"] = shard.to_json()
     counts = {"records": 0, "retrieved": 0, "no_query": 0, "errors": 0, "self_match_half": 0, "self_match_next": 0,
               "retrieved_toxic": 0}
     writer = ResumableJsonl(work_path, fingerprint_, overwrite=config.overwrite, target=out)
@@ -261,7 +270,9 @@ def retrieve(config: RetrieveConfig) -> dict:
             encoder = text_encoder()
         k_search = min(index.ntotal, config.top_k + (NEXT_MARGIN if config.self_match == "next" else 0))
         folder = Path(config.image_folder)
-        records = (item for position, item in enumerate(_records(config.data)) if position >= writer.done)
+        seen = _Counted(_records(config.data))
+        selected = seen if shard is None else shard.select(seen)
+        records = (item for position, item in enumerate(selected) if position >= writer.done)
         with ThreadPoolExecutor(config.workers) as pool, \
                 tqdm(desc="retrieve", unit="record", initial=writer.done, disable=not config.progress) as bar:
             pending = _next_batch(records, config, folder, pool)
@@ -271,11 +282,36 @@ def retrieve(config: RetrieveConfig) -> dict:
                 _process(batch, encoder, index, k_search, config, counts)
                 writer.write_batch([record for _, record, _, _ in batch], counts)
                 bar.update(len(batch))
+        if shard is not None:  # what `tga-fast merge` checks the parts against: every record once
+            counts["input_records"] = seen.count
         writer.finish(counts)
     if work_path != out:
         _jsonl_to_json(work_path, out)
     log.info("retrieval done: %s", counts)
     return counts
+
+
+def _work_path(config: RetrieveConfig) -> Path:
+    """The JSONL the run streams into: ``out`` itself, ``<out>.partial.jsonl`` for a ``.json`` out, or the shard's
+    part (always JSONL, whatever ``out`` is)."""
+    shard = parse_shard(config.shard)
+    if shard is not None:
+        return shard.part_file(config.out)
+    out = Path(config.out)
+    return out if out.suffix.lower() != ".json" else out.with_name(out.name + ".partial.jsonl")
+
+
+class _Counted:
+    """Iterates ``items`` and counts them: a shard reads every input record, so at its end ``count`` is the size
+    of the whole input (what the parts of one run must agree on)."""
+
+    def __init__(self, items):
+        self.items, self.count = items, 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
 
 
 def _next_batch(records, config: RetrieveConfig, folder: Path, pool) -> list:
@@ -325,8 +361,73 @@ def _jsonl_to_json(source: Path, target: Path) -> None:
     """Stream a JSONL file into a JSON list (atomically: the old target or the whole new one), then remove the
     JSONL. Replacing ``target`` was settled when the run started (``ResumableJsonl`` refuses a foreign one)."""
     with open(source, encoding="utf-8") as src, atomic_write(target, "w", overwrite=True) as dst:
-        dst.write("[")
-        for i, line in enumerate(src):
-            dst.write(("," if i else "") + "\n" + line.rstrip("\n"))
-        dst.write("\n]\n")
+        _write_json_list(src, dst)
     source.unlink()
+
+
+def _write_json_list(lines, handle) -> None:
+    """JSONL lines (each one record) written to ``handle`` as a JSON list, one record a line."""
+    handle.write("[")
+    for i, line in enumerate(lines):
+        handle.write(("," if i else "") + "\n" + line.rstrip("\n"))
+    handle.write("\n]\n")
+
+
+def merge_retrieved(parts, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    """Joins the parts of a sharded ``retrieve`` run (``--shard k/n``) into ``out`` (.jsonl, or a .json list), in
+    input order: exactly what one process would have written. Returns the summed counts.
+
+    Every part must be finished and unchanged (its ``.progress.json``), all ``n`` parts of one run given once each,
+    made from the same inputs and options; each part must hold exactly its share of the input's records.
+
+    Raises:
+        UserError: a part missing, given twice, unfinished or changed, parts of different ``n`` or settings, or
+            ``out`` existing without ``overwrite``.
+    """
+    from tga_fast.files.atomic import check_writable
+
+    out = check_writable(out, overwrite=overwrite)
+    names = [str(p) for p in parts]
+    states = [read_finished(p) for p in parts]
+    shards = []
+    for name, state in zip(names, states):
+        recorded = (state.get("fingerprint") or {}).get("shard")
+        if not isinstance(recorded, dict):
+            raise UserError(f"{name} is the output of an unsharded run (no --shard): there is nothing to merge")
+        if not {"index", "count"} <= set(recorded) or not isinstance(state["counts"].get("input_records"), int):
+            raise UserError(f"{name}.progress.json lacks the shard or the input count (a hand-edited sidecar?)")
+        shards.append(Shard(recorded["index"], recorded["count"]))
+    ordered = order_parts(list(zip(shards, zip(names, states))), names)
+    first_name, first = ordered[0]
+    total = first["counts"].get("input_records")
+    for name, state in ordered[1:]:
+        differ = settings_difference(first["fingerprint"], state["fingerprint"])
+        if differ:
+            raise UserError(f"{name} was made with other inputs or options than {first_name} (differs in: "
+                            f"{', '.join(differ)}): merge the parts of one run")
+        if state["counts"].get("input_records") != total:
+            raise UserError(f"{name} read {state['counts'].get('input_records')} input records but {first_name} "
+                            f"read {total}: the data changed between the shards' runs")
+    count = len(ordered)
+    for k, (name, state) in enumerate(ordered):
+        if state["records"] != Shard(k, count).size(total):
+            raise UserError(f"{name} holds {state['records']} records, but shard {k}/{count} of {total} input "
+                            f"records has {Shard(k, count).size(total)}")
+    handles = [open(name, encoding="utf-8") for name, _ in ordered]
+    try:
+        lines = (handles[position % count].readline() for position in range(total))
+        with atomic_write(out, "w", overwrite=overwrite) as dst:
+            if out.suffix.lower() == ".json":
+                _write_json_list(lines, dst)
+            else:
+                dst.writelines(lines)
+    finally:
+        for handle in handles:
+            handle.close()
+    counts = {}
+    for _, state in ordered:
+        for key, value in state["counts"].items():
+            if key != "input_records":
+                counts[key] = counts.get(key, 0) + value
+    log.info("merged %d parts into %s: %s", count, out, counts)
+    return counts

@@ -20,7 +20,7 @@ from pathlib import Path
 from tga_fast.errors import UserError
 from tga_fast.files import write_json
 
-__all__ = ["ResumableJsonl"]
+__all__ = ["ResumableJsonl", "read_finished"]
 
 
 class ResumableJsonl:
@@ -138,3 +138,31 @@ class ResumableJsonl:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_finished(path: str | os.PathLike) -> dict:
+    """The sidecar state (``fingerprint``, ``records``, ``bytes``, ``counts``) of a finished output ``path``, after
+    checking that the run finished and that ``path`` is still exactly what it wrote.
+
+    Raises:
+        UserError: no sidecar, an unfinished run, or an output changed since (naming the file and the fix).
+    """
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".progress.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    if not sidecar.is_file():
+        raise UserError(f"{path} has no {sidecar.name}: it is not an output of `tga-fast retrieve`")
+    try:
+        state = json.loads(sidecar.read_text(encoding="utf-8"))
+        size = int(state["bytes"])
+        state.setdefault("counts", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{sidecar} is unreadable ({type(error).__name__}: {error})") from None
+    if not state.get("complete"):
+        raise UserError(f"{path} is not finished ({state.get('records')} records so far): rerun its command to "
+                        "resume it")
+    if path.stat().st_size != size:
+        raise UserError(f"{path} has {path.stat().st_size} bytes but its run wrote {size}: it was changed since "
+                        "(rerun its command with --overwrite)")
+    return state

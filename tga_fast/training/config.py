@@ -131,6 +131,13 @@ class DataConfig:
     use_retrieved: bool = field(
         default=True, metadata={"help": "put 'Retrieved Text: ...' before the image (False: no retrieved text, no hinge)"}
     )
+    # --- content order (issue 14): a template that replaces the processor's ---
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "a Jinja file whose chat template replaces the processor's (and is saved with the trained "
+                  "model); needed when the model's own renders the image before the retrieved text (llava-hf's do): "
+                  "configs/chat_templates/llava-1.5-content-order.jinja for llava-1.5 checkpoints"},
+    )
     text_replay_path: str | None = field(
         default=None,
         metadata={"help": "LLaVA-format .json/.jsonl of text-only records (no 'image') mixed into training: LM loss "
@@ -141,8 +148,17 @@ class DataConfig:
         metadata={"help": "share of text-replay samples among an epoch's samples, in [0, 1) (drawn from the file with "
                   "the seed, repeated if it is short); unset: every record of text_replay_path once"},
     )
+    # Toxic samples are text-only (METHOD.md 4): the LM loss on a toxic image would be visual safety tuning.
+    toxic_images: str = field(
+        default="reject",
+        metadata={"help": "a record flagged toxic that has an image: 'reject' (skipped and listed with the reason) "
+                  "or 'zero' (the released code's behaviour: its LLaVA fork gives it a zero image and no image "
+                  "tokens, so it is kept and trained text-only, LM loss only, without its image)"},
+    )
 
     def __post_init__(self):
+        if self.toxic_images not in ("reject", "zero"):
+            _fail("DataConfig", "toxic_images", f"must be 'reject' or 'zero', got {self.toxic_images!r}")
         if self.max_length < 1:
             _fail("DataConfig", "max_length", f"must be >= 1, got {self.max_length}")
         if self.text_replay_ratio is not None:
@@ -161,6 +177,8 @@ class DataConfig:
             _fail("DataConfig", "image_folder", f"is not a folder: {self.image_folder}")
         if self.text_replay_path is not None and not Path(self.text_replay_path).is_file():
             _fail("DataConfig", "text_replay_path", f"is not a file: {self.text_replay_path}")
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            _fail("DataConfig", "chat_template", f"is not a file: {self.chat_template}")
         return self.data_path
 
 

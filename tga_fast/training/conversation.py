@@ -13,16 +13,22 @@ Every position is found by character range in the rendered text and mapped to to
 The labels are the answers' tokens plus the end-of-turn token the template puts right after each answer (``</s>``,
 ``<|eot_id|>``, ``<|im_end|>``...: the first non-blank token after the answer when it is a special token other
 than bos / unk / pad / the image token; the EOS counts even when it doubles as the pad token).
+
+Content order is required, not hoped for: a template that prints every image first (llava-hf's llava-1.5 and
+LLaVA-NeXT templates do) would give ``<image>\nRetrieved Text: r. q``, where the image tokens cannot attend to the
+retrieved text. :func:`check_content_order` renders a probe once (training calls it before the first step) and
+:func:`render_conversation` checks every sample; both raise :class:`ContentOrderError`, which names the template
+and the fix. :func:`set_chat_template` installs a replacement template (``--chat_template FILE``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from tga_fast.errors import UserError
 from tga_fast.models.processors import image_token_id_of
 from tga_fast.models.processors import is_processor as _is_processor
 from tga_fast.models.processors import tokenizer_of as _tokenizer
@@ -30,19 +36,26 @@ from tga_fast.models.prompts import RETRIEVED_PREFIX, Prompt, render_prompt, spe
 from tga_fast.models.spans import encode_with_spans, locate_pieces
 
 __all__ = [
+    "ContentOrderError",
     "EncodedSample",
     "RenderedConversation",
     "Turn",
+    "check_content_order",
     "encode_caption",
     "encode_conversation",
     "end_of_turn_ids",
     "image_token_id_of",
     "render_conversation",
+    "set_chat_template",
 ]
 
-logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-_warned_order = False
+# The ready-made fix for llava-1.5 checkpoints (their "USER: ... ASSISTANT:" format with content order kept).
+CONTENT_ORDER_TEMPLATE_FILE = "configs/chat_templates/llava-1.5-content-order.jinja"
+
+
+class ContentOrderError(UserError):
+    """The chat template does not render a user turn's content in order (retrieved text, image, question)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +166,7 @@ def render_conversation(
         start = prefixed[0] + len(RETRIEVED_PREFIX)
         ranges["retrieved"] = (start, start + len(retrieved))
         cursor = ranges["retrieved"][1]
-        _check_order(processor, text, cursor, image)
+        _check_order(processor, text, prefixed[0], image)
     for i, turn in enumerate(turns):
         head = processor.apply_chat_template(
             messages[: 2 * i + 1], tokenize=False, add_generation_prompt=True
@@ -164,17 +177,84 @@ def render_conversation(
     return RenderedConversation(text, ranges)
 
 
-def _check_order(processor, text: str, retrieved_end: int, image: bool) -> None:
-    """Warns once when the chat template moves the image before the retrieved text (llava-hf's templates print
-    every image first): the prompt then differs from METHOD.md's "Retrieved Text: ... <image>"."""
-    global _warned_order
+def _template_source(processor) -> str:
+    """How to name the processor's chat template in a message: the folder it came from, when known."""
+    return getattr(_tokenizer(processor), "name_or_path", "") or "this processor"
+
+
+def _order_problem(processor, text: str, retrieved_start: int, question_start: int | None) -> str | None:
+    """Why ``text`` (a rendered prompt with an image, the retrieved text at ``retrieved_start``) is out of order,
+    or None. The placeholder is the processor's unexpanded image token."""
     placeholder = getattr(processor, "image_token", None)
-    if image and placeholder and not _warned_order and 0 <= text.find(placeholder) < retrieved_end:
-        _warned_order = True
-        logger.warning(
-            "the chat template renders the image before the retrieved text; the prompt is not METHOD.md's "
-            "'Retrieved Text: <retrieved>. <image>\\n<question>' (use a template that keeps content order)"
-        )
+    if not placeholder:
+        return None
+    image = text.find(placeholder)
+    if image < 0:
+        return f"renders no image placeholder {placeholder!r}"
+    if image < retrieved_start:
+        return "renders the image before the retrieved text"
+    if question_start is not None and question_start < image:
+        return "renders the image after the question"
+    return None  # retrieved < image < question: the question cannot then precede the retrieved text
+
+
+def _order_error(processor, problem: str, text: str, source: str | None) -> ContentOrderError:
+    excerpt = text if len(text) <= 160 else text[:157] + "..."
+    return ContentOrderError(
+        f"the chat template of {source or _template_source(processor)} {problem} ({excerpt!r}): the student prompt "
+        f"must be 'Retrieved Text: <retrieved>. <image>\\n<question>' (METHOD.md 4), else the image tokens cannot "
+        f"attend to the retrieved text. Fix: --chat_template FILE with a template that keeps content order "
+        f"({CONTENT_ORDER_TEMPLATE_FILE} for llava-1.5 checkpoints), or a model from `tga-fast build-lvlm`, whose "
+        f"template keeps it (--use_retrieved false trains without the retrieved text instead)"
+    )
+
+
+def _check_order(processor, text: str, retrieved_start: int, image: bool) -> None:
+    """Raises :class:`ContentOrderError` when a rendered sample with an image and a retrieved text is out of order."""
+    problem = _order_problem(processor, text, retrieved_start, None) if image else None
+    if problem:
+        raise _order_error(processor, problem, text, None)
+
+
+def check_content_order(processor, *, source: str | None = None) -> str | None:
+    """Renders a probe first turn (retrieved text, image, question, answer) with ``processor``'s chat template and
+    raises :class:`ContentOrderError` unless the three stand in that order; returns the rendered probe (None for a
+    bare tokenizer: a text LLM has no image to misplace).
+
+    ``source`` names the template in the message (a folder or file; default: the folder the processor came from).
+    """
+    if not _is_processor(processor):
+        return None
+    retrieved, question = "a probe retrieved text", "a probe question?"
+    messages = _messages(processor, [Turn(question=question, answer="a probe answer.")], True, retrieved)
+    text = processor.apply_chat_template(messages, tokenize=False)
+    found = locate_pieces(text, [("retrieved", f"{RETRIEVED_PREFIX}{retrieved}")])
+    question_at = text.find(question)
+    problem = _order_problem(processor, text, found["retrieved"][0], question_at if question_at >= 0 else None)
+    if problem:
+        raise _order_error(processor, problem, text, source)
+    return text
+
+
+def set_chat_template(processor, path) -> str:
+    """Replaces the chat template of ``processor`` (and of its tokenizer, so both render alike and both are saved
+    with the trained model) with the Jinja text of the file ``path``; returns the template.
+
+    Raises:
+        UserError: naming ``DataConfig.chat_template`` when the file cannot be read or holds no template.
+    """
+    from pathlib import Path
+
+    try:
+        template = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"DataConfig.chat_template {path} cannot be read: {error}") from None
+    if "{{" not in template and "{%" not in template:
+        raise UserError(f"DataConfig.chat_template {path} holds no Jinja template")
+    if _is_processor(processor):
+        processor.chat_template = template
+    _tokenizer(processor).chat_template = template
+    return template
 
 
 def encode_caption(processor, caption: str | None) -> tuple[torch.Tensor, torch.Tensor]:

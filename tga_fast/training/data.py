@@ -10,8 +10,14 @@ A record (one item of a .json list or one line of a .jsonl file)::
 
 Files are read by :func:`tga_fast.files.read_json_records` (bytes, per-line decoding, a UTF-8 BOM ignored). Bad
 records (wrong types, empty or malformed conversation, missing image file, an image path that leaves the image
-folder, missing caption on a non-toxic image sample, unreadable JSON line) are skipped at load: ``dataset.skipped`` lists ``(id or "line N", reason)``
-and the log says how many and which. A sample that fails later (an image that does not decode, a prompt longer
+folder, missing caption on a non-toxic image sample, a toxic sample with an image, unreadable JSON line) are
+skipped at load: ``dataset.skipped`` lists ``(id or "line N", reason)`` and the log says how many and which.
+
+Toxic samples are text-only safety samples (METHOD.md 4): the LM loss on a toxic *image* would be visual safety
+tuning, which TGA must not use, so a toxic record with an image is rejected by default
+(``toxic_images="reject"``). ``toxic_images="zero"`` reproduces the released code instead: its LLaVA fork gives
+such a sample a zero image and no image tokens, i.e. trains it text-only; here the record is kept without its
+image (no image tokens, no alignment terms) and the log says how many. A sample that fails later (an image that does not decode, a prompt longer
 than ``max_length`` that would cut the image) makes ``__getitem__`` return a :class:`DroppedSample`, which the
 collator drops and counts: one record never stops an epoch.
 """
@@ -47,6 +53,10 @@ IMAGE_PLACEHOLDER = "<image>"
 USER_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
 _LOGGED_IDS = 20  # skipped ids named in the summary line (all of them are in dataset.skipped)
+TOXIC_IMAGES = ("reject", "zero")  # what to do with a toxic record that has an image (see the module docstring)
+TOXIC_IMAGE_REASON = ("toxic record with an image: the LM loss on a toxic image is visual safety tuning, which TGA "
+                      "does not use (toxic samples are text-only; --toxic_images zero trains it without its image, "
+                      "as the released code does)")
 
 
 class BadRecord(ValueError):
@@ -121,8 +131,12 @@ def parse_record(
     caption_field: str = "caption",
     toxic_field: str = "toxic",
     use_retrieved: bool = True,
+    toxic_images: str = "reject",
 ) -> tuple[Record, bool]:
     """Validates one raw record; returns ``(record, self_matched)`` or raises :class:`BadRecord`.
+
+    A toxic record with an image is a :class:`BadRecord` with ``toxic_images="reject"``; with ``"zero"`` it is
+    returned without its image (a text-only record: the image is neither read nor checked).
 
     The key is the record's ``id`` when it has one, else ``where``. The image path resolves inside
     ``image_folder`` (``../x`` or an absolute path elsewhere is a bad record) and the file must exist (checked with
@@ -144,6 +158,18 @@ def parse_record(
         image = image[0] if image else None
     if image is not None and not isinstance(image, str):
         raise BadRecord(f"'image' must be a string path, got {type(image).__name__}")
+    toxic = raw.get(toxic_field, False)
+    if toxic is None:
+        toxic = False
+    if not isinstance(toxic, bool):
+        raise BadRecord(f"{toxic_field!r} must be true or false, got {toxic!r}")
+    had_image = bool(image)
+    if toxic and had_image:
+        if toxic_images not in TOXIC_IMAGES:
+            raise ValueError(f"toxic_images must be one of {TOXIC_IMAGES}, got {toxic_images!r}")
+        if toxic_images == "reject":
+            raise BadRecord(TOXIC_IMAGE_REASON)
+        image = None
     image_path = None
     if image:
         try:
@@ -152,12 +178,8 @@ def parse_record(
             raise BadRecord(str(error)) from None
         if not image_path.is_file():
             raise BadRecord(f"image file not found: {image_path}")
-    turns = _turns(raw.get("conversations"), image_path is not None)
-    toxic = raw.get(toxic_field, False)
-    if toxic is None:
-        toxic = False
-    if not isinstance(toxic, bool):
-        raise BadRecord(f"{toxic_field!r} must be true or false, got {toxic!r}")
+    # A record whose image was dropped keeps its <image> placeholder valid (the placeholder goes in any case).
+    turns = _turns(raw.get("conversations"), image_path is not None or had_image)
     caption = raw.get(caption_field)
     if caption is not None:
         caption = _text(caption, repr(caption_field)).strip() or None
@@ -180,6 +202,12 @@ def parse_record(
     return Record(key, image_path, turns, caption, retrieved, toxic, hinge), self_matched
 
 
+def _image_dropped(line: LineRecord, record: Record) -> bool:
+    """Whether ``record`` lost the image its raw line had (a toxic record under ``toxic_images="zero"``)."""
+    raw = line.value if isinstance(line, LineRecord) else line
+    return record.toxic and record.image is None and isinstance(raw, dict) and bool(raw.get("image"))
+
+
 class TGADataset(torch.utils.data.Dataset):
     """LLaVA-format TGA data, tokenized lazily with the model's processor and chat template.
 
@@ -191,6 +219,8 @@ class TGADataset(torch.utils.data.Dataset):
             when the image and retrieved spans and at least one answer token fit, and is dropped otherwise.
         retrieved_field, caption_field, toxic_field: the record fields to read.
         use_retrieved: put the retrieved text in the prompt (False: the plain LLaVA prompt).
+        toxic_images: a toxic record with an image: ``"reject"`` (skipped with the reason, the default) or
+            ``"zero"`` (the released code's behaviour: kept and trained text-only, without its image).
         replace_failed: when a sample fails in ``__getitem__``, return the next sample of the same modality that
             works (up to 15 tries, the failure still logged and kept in ``dropped``) instead of a :class:`DroppedSample` for the
             collator to drop. The default keeps every batch full, which one sample per device needs (a batch with
@@ -200,7 +230,8 @@ class TGADataset(torch.utils.data.Dataset):
     Attributes:
         records: the valid :class:`Record` s; ``skipped``: ``[(key, reason)]`` of the records rejected at load;
         ``dropped``: ``[(key, reason)]`` of samples that failed in ``__getitem__`` in this process (a DataLoader
-        worker keeps its own); ``self_matched``: how many retrieved texts the self-match rule halved.
+        worker keeps its own); ``self_matched``: how many retrieved texts the self-match rule halved;
+        ``toxic_images_dropped``: how many toxic records were kept without their image (``toxic_images="zero"``).
 
     ``__getitem__`` returns an :class:`~tga_fast.training.conversation.EncodedSample` or a :class:`DroppedSample`.
     """
@@ -218,12 +249,15 @@ class TGADataset(torch.utils.data.Dataset):
         use_retrieved: bool = True,
         replace_failed: bool = True,
         progress: bool = True,
+        toxic_images: str = "reject",
     ):
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"data path {path} is not a file")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 or None, got {max_length}")
+        if toxic_images not in TOXIC_IMAGES:
+            raise ValueError(f"toxic_images must be one of {TOXIC_IMAGES}, got {toxic_images!r}")
         self.path = path
         self.processor = processor
         self.image_folder = Path(image_folder) if image_folder is not None else path.parent
@@ -236,9 +270,10 @@ class TGADataset(torch.utils.data.Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.dropped: list[tuple[str, str]] = []
         self.self_matched = 0
+        self.toxic_images_dropped = 0
         fields = dict(
             retrieved_field=retrieved_field, caption_field=caption_field, toxic_field=toxic_field,
-            use_retrieved=use_retrieved,
+            use_retrieved=use_retrieved, toxic_images=toxic_images,
         )
         lines = read_json_records(path)
         for line in tqdm(lines, desc=f"reading {path.name}", unit=" records", disable=not progress):
@@ -252,7 +287,11 @@ class TGADataset(torch.utils.data.Dataset):
                 continue
             self.records.append(record)
             self.self_matched += self_matched
+            self.toxic_images_dropped += _image_dropped(line, record)
         self._log_summary()
+        if self.toxic_images_dropped:
+            logger.warning("%s: %d toxic records trained text-only, without their image (toxic_images='zero', the "
+                           "released code's behaviour)", path, self.toxic_images_dropped)
         if self.image_token_id is None and any(r.image is not None for r in self.records):
             raise ValueError("the data has image samples but `processor` is not a multimodal processor")
 

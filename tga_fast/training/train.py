@@ -135,6 +135,7 @@ def train(
 
     from tga_fast.models import resolve
     from tga_fast.training.collator import TGACollator
+    from tga_fast.training.conversation import check_content_order, set_chat_template
     from tga_fast.training.data import TGADataset
     from tga_fast.training.export import export_projector, load_projector
     from tga_fast.training.stages import freeze_for_stage, load_model
@@ -159,6 +160,10 @@ def train(
     if model_config.dtype == "auto":  # TrainingArguments decide the precision (DeepSpeed keeps fp32 master weights)
         model_config.dtype = "bfloat16" if train_config.bf16 else "float16" if train_config.fp16 else "float32"
     model, processor = load_model(model_config)
+    if data_config.chat_template:
+        set_chat_template(processor, data_config.chat_template)
+    if data_config.use_retrieved:  # before any step: a template that moves the image first stops the run here
+        check_content_order(processor, source=data_config.chat_template or model_config.model_name_or_path)
     if model_config.projector_path:
         load_projector(model, model_config.projector_path)
     if model_config.lora_r:
@@ -177,6 +182,7 @@ def train(
         image_folder=data_config.image_folder,
         max_length=data_config.max_length,
         use_retrieved=data_config.use_retrieved,
+        toxic_images=data_config.toxic_images,
         progress=train_config.process_index == 0 and not train_config.disable_tqdm,
     )
     if len(dataset) == 0:
