@@ -251,3 +251,32 @@ def test_lora_zero2_two_processes_match_one(files, tmp_path):
     for name in ("adapter_model.safetensors", "projector.safetensors"):
         assert_within_adam_budget(load_file(str(zero2 / name)), load_file(str(single / name)),
                                   lr=options["learning_rate"], steps=options["max_steps"])  # fmt: skip
+
+
+@pytest.mark.slow  # build-lvlm and two training runs through the CLI
+def test_build_lvlm_stage1_then_stage2_with_lora_through_the_cli(tmp_path):
+    """The paper's starting point with the LoRA recipe: ``build-lvlm`` (a base LLM + CLIP), stage 1 with its preset,
+    stage 2 with its preset plus ``--lora_r`` and ``--merge_lora``; the merged model loads without peft and its
+    template still keeps content order."""
+    from tests.training.make_data import write_llava_data
+    from tests.training.train_helpers import ROOT
+    from tga_fast.cli import main as cli
+    from tga_fast.models.loading import load_model
+    from tga_fast.models.tiny import save_tiny_base_llm, save_tiny_vision
+    from tga_fast.training.conversation import check_content_order
+
+    llm = save_tiny_base_llm(tmp_path / "llm", "llama")
+    clip = save_tiny_vision(tmp_path / "clip", "clip", whole_model=True)
+    data = write_llava_data(tmp_path / "data", count=8, bad_records=False)
+    assert cli(["build-lvlm", "--llm", str(llm), "--vision", str(clip), "--out", str(tmp_path / "lvlm")]) == 0
+    common = dict(max_steps=2, target_layers=LAYERS, bf16="false", dataloader_num_workers=0)
+    stage1 = base_args(tmp_path / "lvlm", data, tmp_path / "stage1", **common)
+    assert cli(["train", str(ROOT / "configs" / "stage1_pretrain.json"), *stage1]) == 0
+    stage2 = base_args(tmp_path / "lvlm", data, tmp_path / "stage2", **common, lora_r=4, learning_rate=1e-3,
+                       merge_lora="true", projector_path=tmp_path / "stage1" / "projector.safetensors")  # fmt: skip
+    assert cli(["train", str(ROOT / "configs" / "stage2_finetune.json"), *stage2]) == 0
+    assert sorted(step_losses(tmp_path / "stage2", "pair")) == [1, 2]
+    assert (tmp_path / "stage2" / "adapter_model.safetensors").is_file()
+    merged, processor = load_model(tmp_path / "stage2" / "merged", device="cpu")
+    assert not _lora_layers(merged)
+    assert "Retrieved Text: a probe retrieved text. <image>\na probe question?" in check_content_order(processor)
