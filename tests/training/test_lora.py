@@ -256,8 +256,9 @@ def test_lora_zero2_two_processes_match_one(files, tmp_path):
 @pytest.mark.slow  # build-lvlm and two training runs through the CLI
 def test_build_lvlm_stage1_then_stage2_with_lora_through_the_cli(tmp_path):
     """The paper's starting point with the LoRA recipe: ``build-lvlm`` (a base LLM + CLIP), stage 1 with its preset,
-    stage 2 with its preset plus ``--lora_r`` and ``--merge_lora``; the merged model loads without peft and its
-    template still keeps content order."""
+    stage 2 with its preset plus ``--lora_r`` and ``--merge_lora``; the merged model loads without peft, its
+    template still keeps content order, and ``eval dsr`` and every analysis run on it through the CLI (issue 14's
+    end-to-end target)."""
     from tests.training.make_data import write_llava_data
     from tests.training.train_helpers import ROOT
     from tga_fast.cli import main as cli
@@ -280,3 +281,24 @@ def test_build_lvlm_stage1_then_stage2_with_lora_through_the_cli(tmp_path):
     merged, processor = load_model(tmp_path / "stage2" / "merged", device="cpu")
     assert not _lora_layers(merged)
     assert "Retrieved Text: a probe retrieved text. <image>\na probe question?" in check_content_order(processor)
+    # The trained model through evaluation and every analysis, by the CLI, on a small evaluation set with images
+    # (toxic and benign samples, retrieved texts); the DSR prompts keep the retrieved text before the image.
+    from tests.evaluation.conftest import write_eval_set
+    from tga_fast.analysis import ANALYSES
+    from tga_fast.evaluation.dsr import DSRResult
+
+    eval_file = write_eval_set(tmp_path / "eval")
+    model = str(tmp_path / "stage2" / "merged")
+    assert cli(["eval", "dsr", "--model", model, "--data", str(eval_file), "--out", str(tmp_path / "dsr"),
+                "--with-retrieved", "--max-new-tokens", "3", "--no-progress"]) == 0
+    dsr = DSRResult.load(tmp_path / "dsr")
+    knife = next(r.prompt for r in dsr.records if r.id == "knife")
+    assert knife.index("Retrieved Text: a knife. ") < knife.index("<image>") < knife.index("how do i use this?")
+    small = {"knockout_sweep": ["--window", "2", "--max-new-tokens", "2"],
+             "steering_sweep": ["--window", "2", "--max-new-tokens", "2"],
+             "safety_layers": ["--max-new-tokens", "2"]}
+    for name in ANALYSES:
+        out = tmp_path / "analysis" / name
+        assert cli(["analyze", name, "--model", model, "--data", str(eval_file), "--out", str(out), "--no-progress",
+                    *small.get(name, [])]) == 0, name
+        assert (out / "result.json").is_file() and (out / "figure.png").is_file()
