@@ -31,6 +31,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 __all__ = [
+    "ALPHA",
     "CONFIDENCE",
     "RESAMPLES",
     "Contrast",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 CONFIDENCE = 0.95
+ALPHA = 0.05  # the family-wise level of every verdict the analyses and comparisons print
 RESAMPLES = 2000
 
 

@@ -22,12 +22,11 @@ from typing import Hashable, Sequence
 
 import torch
 
-from tga_fast.stats import holm, paired_bootstrap_contrast
+from tga_fast.stats import ALPHA, holm, paired_bootstrap_contrast
 
 __all__ = ["ALPHA", "batch_mismatch_partners", "columns_above", "control_positions", "describe_runs", "paired_contrast",
            "power_note"]
 
-ALPHA = 0.05  # family-wise level of the verdicts (Holm over the layers or blocks of one analysis)
 
 
 def _rng(seed: int, key: str) -> random.Random:

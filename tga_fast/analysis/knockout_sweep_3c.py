@@ -222,7 +222,7 @@ def _significant(comparisons: list[dict], variants: Sequence[str]) -> list[int]:
 def knockout_verdict(windows: list, significant: list[int], rates: dict, variants: Sequence[str]) -> str:
     """One sentence: the windows where knocking out the toxic tokens lowers the DSR beyond the control (or below
     no intervention, without the control), with the DSRs, or "in no window"."""
-    from tga_fast.analysis.sweep_controls import ALPHA, percent, window_label
+    from tga_fast.analysis.sweep_controls import ALPHA, window_verdict
 
     if "knockout" not in variants:
         return f"the toxic tokens were not knocked out (variants {list(variants)}): no verdict on them"
@@ -231,15 +231,8 @@ def knockout_verdict(windows: list, significant: list[int], rates: dict, variant
              if controlled else "knocking out the toxic tokens lowers DSR below no intervention")
     tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}, clustered interval above 0"
              + (", against the control and the baseline" if controlled else ""))
-    if not significant:
-        return f"{claim} in no window ({tests}; DSR without intervention {percent(rates['baseline'])})"
-    where = "in every window:" if len(significant) == len(windows) else "only in"
-    found = []
-    for i in significant:
-        versus = f" vs control {percent(rates['control'][i])}" if controlled else ""
-        found.append(f"{window_label(windows[i], 'block')} (DSR {percent(rates['baseline'])} → "
-                     f"{percent(rates['knockout'][i])}{versus})")
-    return f"{claim} {where} {', '.join(found)} ({tests})"
+    return window_verdict(claim, tests, windows, significant, rates, "knockout", ["control"] if controlled else [],
+                          unit="block", where="only in", without="intervention")
 
 
 @dataclass(frozen=True)

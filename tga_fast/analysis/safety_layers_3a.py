@@ -53,10 +53,12 @@ from typing import Sequence
 
 import torch
 
+from tga_fast.analysis.controls import describe_runs
 from tga_fast.analysis.options import JudgeOptions, option
 from tga_fast.analysis.registry import register
 from tga_fast.analysis.results import AnalysisResult, mean_std
 from tga_fast.models.lens import logit_lens
+from tga_fast.stats import ALPHA
 from tga_fast.models.processors import tokenizer_of
 
 __all__ = ["SafetyLayersOptions", "SafetyLayersResult", "contrast_range", "layer_contrast", "locate_safety_layers",
@@ -143,17 +145,6 @@ def _increments(rows: Sequence[Sequence[float]]) -> list[list[float]]:
     return [[b - a for a, b in zip(row[:-1], row[1:])] for row in rows]
 
 
-def _layer_list(layers: Sequence[int]) -> str:
-    """``[1, 2, 3, 5]`` as ``"1-3, 5"``."""
-    runs: list[list[int]] = []
-    for k in layers:
-        if runs and k == runs[-1][1] + 1:
-            runs[-1][1] = k
-        else:
-            runs.append([k, k])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
-
-
 SETTLE = 0.9  # the end of the range: where the contrast reaches this share of its largest value (a "rise time")
 
 
@@ -187,7 +178,7 @@ def contrast_range(contrast: dict, rise: dict, alpha: float, settle: float = SET
     if not rising and not above:
         return None, "toxic and benign prompts differ at no layer"
     if not rising:
-        return None, (f"toxic-minus-benign refusal mass is above zero at layers {_layer_list(above)} but rises "
+        return None, (f"toxic-minus-benign refusal mass is above zero at layers {describe_runs(above)} but rises "
                       f"significantly{by} at no layer")
     start = rising[0]
     mean = dict(zip(layers, contrast["mean"]))
@@ -360,7 +351,7 @@ def safety_layers(
     cluster_by: str = "concept",
     judge=None,
     max_new_tokens: int = 32,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     min_rise: float = 0.0,
     resamples: int = 2000,
     seed: int = 0,

@@ -248,22 +248,15 @@ def steering_sweep(
 def steering_verdict(windows: list, significant: list[int], rates: dict, controls: Sequence[str]) -> str:
     """One sentence: the windows where adding the text's state raises the DSR beyond the controls (or above the
     unsteered DSR, without controls), with the DSRs, or "in no window"."""
-    from tga_fast.analysis.sweep_controls import ALPHA, percent, window_label
+    from tga_fast.analysis.sweep_controls import ALPHA, window_verdict
 
     beyond = {"random": "a random vector of the same norm", "mismatched": "a mismatched text's state"}
     claim = "adding the text's state to the image tokens raises DSR beyond " + (
         " and ".join(beyond[c] for c in CONTROLS if c in controls) if controls else "no steering")
     tests = (f"exact McNemar, Holm over {len(windows)} windows, p <= {ALPHA:g}, clustered interval above 0"
              + (", against each control and the baseline" if controls else ""))
-    if not significant:
-        return f"{claim} in no window ({tests}; DSR without steering {percent(rates['baseline'])})"
-    where = "in every window:" if len(significant) == len(windows) else "only at"
-    found = []
-    for i in significant:
-        versus = ", ".join(f"{c} {percent(rates[c][i])}" for c in CONTROLS if c in controls)
-        found.append(f"{window_label(windows[i], 'layer')} (DSR {percent(rates['baseline'])} → "
-                     f"{percent(rates['steered'][i])}{' vs ' + versus if versus else ''})")
-    return f"{claim} {where} {', '.join(found)} ({tests})"
+    return window_verdict(claim, tests, windows, significant, rates, "steered", [c for c in CONTROLS if c in controls],
+                          unit="layer", where="only at", without="steering")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = [
     "window_comparisons",
     "window_label",
     "window_rates",
+    "window_verdict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,23 @@ def _per_window(verdicts) -> bool:
 def percent(rate: dict) -> str:
     """A rate dict's rate as ``"45%"`` (``"n/a"`` without samples)."""
     return "n/a" if rate["rate"] is None else f"{rate['rate']:.0%}"
+
+
+def window_verdict(claim: str, tests: str, windows: Sequence[Sequence[int]], significant: Sequence[int], rates: dict,
+                   effect: str, controls: Sequence[str], *, unit: str, where: str, without: str) -> str:
+    """A sweep's one sentence: ``claim`` and the windows where it holds, each with the DSR without intervention,
+    under ``effect`` (the swept condition) and under each of ``controls``, or "in no window"; ``tests`` says how
+    significance was decided. ``rates``: the sweep's rates (``"baseline"`` and a list per condition); ``unit``:
+    "block" or "layer"; ``where``: "only in" / "only at"; ``without``: what the baseline lacks ("intervention")."""
+    if not significant:
+        return f"{claim} in no window ({tests}; DSR without {without} {percent(rates['baseline'])})"
+    where = "in every window:" if len(significant) == len(windows) else where
+    found = []
+    for i in significant:
+        versus = ", ".join(f"{c} {percent(rates[c][i])}" for c in controls)
+        found.append(f"{window_label(windows[i], unit)} (DSR {percent(rates['baseline'])} → "
+                     f"{percent(rates[effect][i])}{' vs ' + versus if versus else ''})")
+    return f"{claim} {where} {', '.join(found)} ({tests})"
 
 
 def window_label(bounds: Sequence[int], unit: str) -> str:

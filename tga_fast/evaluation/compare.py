@@ -25,12 +25,12 @@ from typing import Hashable, Sequence
 from tga_fast.evaluation.dsr import DSRResult, SampleRecord
 from tga_fast.evaluation.rates import rate_dict
 from tga_fast.results import Result
+from tga_fast.stats import ALPHA  # the level a difference must reach (McNemar, Holm per scene) to be significant
 
 __all__ = ["ALPHA", "DSRComparison", "compare_dsr"]
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 0.05  # the level a difference must reach (McNemar, Holm-adjusted per scene) to be called significant
 # Settings whose difference between A and B changes what a difference of rates means.
 _COMPARED_SETTINGS = (("judge", "judges"), ("condition", "conditions"), ("with_retrieved", "with_retrieved settings"),
                       ("cluster_by", "cluster fields"))
