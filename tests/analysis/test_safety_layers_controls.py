@@ -208,7 +208,8 @@ def test_the_toy_text_llm_has_safety_layers(toy_llm, tmp_path):
     result = safety_layers(llm, tokenizer, samples, batch_size=64, max_new_tokens=10, progress=False)
     behaviour = result.behaviour
     assert (behaviour["toxic"]["value"], behaviour["benign"]["value"]) == (1.0, 0.0)
-    assert behaviour["toxic_refused_more"] and behaviour["toxic"]["clusters"] == 4
+    toxic_concepts = {s.concept for s in samples if s.toxic}
+    assert behaviour["toxic_refused_more"] and behaviour["toxic"]["clusters"] == len(toxic_concepts) >= 4
     assert result.refusal_source == "derived" and result.refusal_tokens == ["sorry"]
     assert result.safety_range is not None and result.safety_range[0] >= 1
     assert result.verdict.startswith(f"safety layers {result.safety_range[0]}")

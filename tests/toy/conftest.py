@@ -7,9 +7,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
-    """``(out_folder, result)`` of ``run_demo(quick=True, seed=0)`` with a fresh cache."""
+    """``(out_folder, result)`` of ``run_demo(quick=True)`` (one seed, one process) with a fresh cache."""
     from tga_fast.toy.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    result = run_demo(out, quick=True, seed=0, cache=out / "cache", progress=False)
+    result = run_demo(out, quick=True, cache=out / "cache", jobs=1, progress=False)
     return out, result

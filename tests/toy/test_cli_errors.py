@@ -7,7 +7,8 @@ import pytest
 from tga_fast.cli import main
 
 
-@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--threads", "-2"), ("--seed", "-1")])
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--threads", "-2"), ("--jobs", "0"), ("--seeds", "-1"),
+                                           ("--seeds", "a,b")])
 def test_bad_demo_options_are_one_line_exit_2(tmp_path, capsys, option, value):
     code = main(["demo", "--quick", "--out", str(tmp_path / "out"), option, value])
     err = capsys.readouterr().err.strip().splitlines()

@@ -92,25 +92,28 @@ def _window_rates(windows, baseline: dict | None, rates: list) -> dict:
     return out
 
 
-def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, out: Path | None = None) -> dict:
-    """3D (all samples, with mismatched pairs as the control and the dual encoder's cosine as the reference line)
-    and, if asked, 3E (toxic images; a random vector of the same norm and a mismatched text's state as controls)."""
+def lvlm_analyses(model, processor, samples, width: int, clip, steering: bool, out: Path | None = None,
+                  with_retrieved: bool = False) -> dict:
+    """3D (all samples, with mismatched pairs as the control and the dual encoder's cosine as the reference line;
+    ``with_retrieved`` adds the same pairs with the retrieved text in both prompts) and, if asked, 3E (toxic images;
+    a random vector of the same norm and a mismatched text's state as controls)."""
     from tga_fast.analysis import modality_similarity, steering_sweep
 
     similarity = modality_similarity(model, processor, samples, batch_size=64, progress=False, clip=clip)
-    # The same pairs with the retrieved text before the image (and before the text): the prompts TGA trains on.
-    with_retrieved = modality_similarity(model, processor, samples, batch_size=64, progress=False, with_retrieved=True)
     result = {
         "similarity": similarity.cosine_mean,
         "similarity_mismatched": similarity.mismatched_cosine_mean,
         "similarity_verdict": similarity.verdict,
-        "similarity_with_retrieved": with_retrieved.cosine_mean,
         "clip_cosine": similarity.clip_cosine_mean,
         "clip_mismatched_cosine": similarity.clip_mismatched_cosine_mean,
     }
     if out is not None:
         similarity.save(out / "3d_modality_similarity", overwrite=True)
-        with_retrieved.save(out / "3d_modality_similarity_with_retrieved", overwrite=True)
+    if with_retrieved:  # the same pairs with the retrieved text before the image (and the text): TGA's prompts
+        both = modality_similarity(model, processor, samples, batch_size=64, progress=False, with_retrieved=True)
+        result["similarity_with_retrieved"] = both.cosine_mean
+        if out is not None:
+            both.save(out / "3d_modality_similarity_with_retrieved", overwrite=True)
     if steering:
         steer = steering_sweep(model, processor, samples, window=width, max_new_tokens=10, batch_size=64,
                                progress=False)

@@ -100,11 +100,3 @@ class Encoder:
         if image_rows:
             batch["pixel_values"] = self.pixel_values[torch.tensor(image_rows)]
         return batch
-
-
-def text_examples(requests, safety_flag: bool = True) -> list[Example]:
-    """Text-condition examples: the caption stands where the image would go (``Prompt.text``)."""
-    return [
-        Example(Prompt(question=r.question, text=r.caption), r.answer, safety=safety_flag and r.toxic)
-        for r in requests
-    ]

@@ -1,5 +1,6 @@
-"""Measurements of the world's models, through ``tga_fast.evaluation`` (batched greedy generation, the GCG keyword
-judge): the text LLM on held-out text, the LVLM on fresh images with and without the retrieved text, and answer
+"""Measurements of the world's models, through ``tga_fast.evaluation`` (``evaluate_dsr``: batched greedy generation,
+the GCG keyword judge): the text LLM on held-out text, the LVLM on fresh images under each inference condition, per
+group of concepts (seen by the alignments, held out of them, seen concepts in a held-out colour), and answer
 accuracy (an exact match with the world's answer). Every rate's interval is clustered by concept
 (:meth:`Rate.clustered`): the questions about one concept's images are paraphrases of one request, and the
 verdicts come in blocks per concept, so they are not independent samples. Two models evaluated on the same requests
@@ -8,12 +9,17 @@ are compared pairwise (:func:`compare_methods`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from tga_fast.evaluation import KeywordJudge, Rate, dsr_from_verdicts, generate_responses, rate_dict
-from tga_fast.stats import paired_comparison
+from tga_fast.evaluation import KeywordJudge, Rate, generate_responses, rate_dict
+from tga_fast.files import write_text
 from tga_fast.models.prompts import Prompt
-from tga_fast.toy.world import World
+from tga_fast.stats import paired_comparison
+from tga_fast.toy.world import KINDS, World, caption_of
+
+GROUPS = ("seen", "heldout", "heldout_combo")
 
 MAX_NEW_TOKENS = 10
 BATCH = 64
@@ -61,73 +67,91 @@ def evaluate_text_llm(world: World, model, tokenizer, split: str = "held_out") -
     )
 
 
-def image_requests(world: World, labels, kinds, toxic: bool | None):
-    """``(image_index, request)`` for every evaluation image whose concept matches ``toxic`` (None: all)."""
-    out = []
-    for i, (colour, concept) in enumerate(labels):
-        if toxic is not None and world.concept(concept).toxic != toxic:
-            continue
-        out += [(i, r) for r in world.requests(colour, concept, kinds)]
-    return out
+def write_eval_sets(folder, world: World, images, labels, retrieved: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Writes the LVLM evaluation set in the library's JSONL format, one file per retrieved-text variant.
 
+    Every fresh evaluation image (PNG in ``folder/images``): its toxic use-requests (toxic samples) or its benign
+    describe, colour and use requests (benign controls), the object as ``concept`` (what intervals are clustered by),
+    the caption as ``text`` with the object word marked. ``retrieved``: ``{variant: one text per image}``.
 
-def evaluate_lvlm(world: World, model, processor, images, labels, retrieved=None, intervention=None) -> dict:
-    """DSR on toxic images (overall and per scene), false refusals and accuracy on benign images.
-
-    Args:
-        images, labels: the evaluation images (PIL) and their ``(colour, concept)``.
-        retrieved: per image its retrieved text (the "with retrieved text" condition), or None.
+    Returns ``({variant: path}, {sample id: {"answer", "kind", "group", "concept"}})``.
     """
-    judge = KeywordJudge("gcg")
-    out = {}
-    toxic = image_requests(world, labels, ("use",), toxic=True)
-    benign = image_requests(world, labels, ("describe", "colour", "use"), toxic=False)
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines, meta = [], {}
+    for i, ((colour, concept), image) in enumerate(zip(labels, images)):
+        name = f"images/{i:04d}-{colour}-{concept}.png"
+        image.save(folder / name)
+        c = world.concept(concept)
+        kinds = ("use",) if c.toxic else KINDS
+        for q, r in enumerate(world.requests(colour, concept, kinds)):
+            sample_id = f"{i:04d}-{q}"
+            lines.append({"id": sample_id, "image": name, "text": caption_of(colour, concept), "scene": c.scene,
+                          "toxic_words": [concept] if c.toxic else [], "prompt": r.question, "toxic": c.toxic,
+                          "concept": concept, "image_index": i})
+            meta[sample_id] = {"answer": r.answer, "kind": r.kind, "group": world.group(colour, concept),
+                               "concept": concept, "toxic": c.toxic}
+    paths = {}
+    for variant, texts in retrieved.items():
+        rows = []
+        for line in lines:
+            row = {k: v for k, v in line.items() if k != "image_index"}
+            row["retrieved"] = texts[line["image_index"]]
+            rows.append(row)
+        paths[variant] = folder / f"eval_{variant}.jsonl"
+        write_text(paths[variant], "".join(json.dumps(row) + "\n" for row in rows))
+    return paths, meta
 
-    def prompts(pairs):
-        return [Prompt(question=r.question, image=True, retrieved=retrieved[i] if retrieved else None) for i, r in pairs]
 
-    toxic_out = respond(model, processor, prompts(toxic), [images[i] for i, _ in toxic], intervention)
-    refused = judge(toxic_out)
-    overall, per_scene = dsr_from_verdicts(refused, [r.scene for _, r in toxic], [r.concept for _, r in toxic])
-    out["dsr"] = rate_dict(overall)
-    out["dsr_per_scene"] = {k: rate_dict(v) for k, v in per_scene.items()}
-    # Per request, in one fixed order for every model: what compare_methods pairs.
-    out["toxic_verdicts"] = [bool(v) for v in refused]
-    out["toxic_concepts"] = [r.concept for _, r in toxic]
-    benign_out = respond(model, processor, prompts(benign), [images[i] for i, _ in benign], intervention)
-    benign_refused = judge(benign_out)
-    use_rows = [k for k, (_, r) in enumerate(benign) if r.kind == "use"]
-    out["false_refusals"] = rate_dict(Rate.clustered([benign_refused[k] for k in use_rows],
-                                                     [benign[k][1].concept for k in use_rows]))
+def evaluate_condition(model, processor, samples, meta: dict, with_retrieved: bool) -> dict:
+    """One model under one inference condition, through :func:`tga_fast.evaluation.evaluate_dsr` (greedy, GCG
+    keywords, intervals clustered by concept).
 
-    def accuracy_of(rows):
-        return rate_dict(accuracy([benign_out[k] for k in rows], [benign[k][1].answer for k in rows],
-                                  [benign[k][1].concept for k in rows]), "correct")
+    Returns, per measure (``dsr`` on toxic samples; ``false_refusals`` and ``accuracy`` on benign ones), the rate
+    over all samples and per group (``seen``, ``heldout``, ``heldout_combo``), plus ``outcomes``: per measure the
+    sample ids and outcomes in id order (what paired comparisons and later regrouping read)."""
+    from tga_fast.evaluation import evaluate_dsr
 
-    out["accuracy"] = accuracy_of(range(len(benign)))
-    for kind in ("describe", "colour", "use"):
-        out[f"accuracy_{kind}"] = accuracy_of([k for k, (_, r) in enumerate(benign) if r.kind == kind])
-    def examples(pairs, responses):  # four (caption, question, answer) spread over the set
-        step = max(1, len(pairs) // 4)
-        return [(pairs[k][1].caption, pairs[k][1].question, responses[k]) for k in range(0, len(pairs), step)][:4]
-
-    out["examples"] = {"toxic": examples(toxic, toxic_out), "benign": examples(benign, benign_out)}
+    result = evaluate_dsr(model, processor, samples, with_retrieved=with_retrieved, judge=KeywordJudge("gcg"),
+                          batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, progress=False, cluster_by="concept")
+    outcomes = {"dsr": {}, "false_refusals": {}, "accuracy": {}}
+    for record in result.records:
+        info = meta[record.id]
+        if info["toxic"]:
+            outcomes["dsr"][record.id] = bool(record.verdict)
+        else:
+            outcomes["false_refusals"][record.id] = bool(record.verdict)
+            outcomes["accuracy"][record.id] = record.response.split() == info["answer"].split()
+    out = {"outcomes": {m: {"ids": sorted(o), "values": [o[k] for k in sorted(o)]} for m, o in outcomes.items()}}
+    for measure, by_id in outcomes.items():
+        out[measure] = group_rates(by_id, meta, "correct" if measure == "accuracy" else "refused")
+    out["examples"] = [(r.prompt.split("USER:")[-1].strip(), r.response) for r in result.records[:: max(1, len(result.records) // 6)]][:6]
     return out
 
 
-def compare_methods(lvlm: dict, reference: str = "baseline") -> dict:
-    """Each method against ``reference`` on the same toxic requests, per inference condition: the paired DSR
-    difference (method minus reference) with its interval clustered by concept, and the exact McNemar test
-    (``tga_fast.stats.paired_comparison``). ``{method: {condition: PairedComparison JSON}}``."""
+def group_rates(by_id: dict, meta: dict, count: str = "refused") -> dict:
+    """``{"all": rate, "seen": rate, "heldout": rate, "heldout_combo": rate}`` (rate dicts clustered by concept) of
+    ``{sample id: outcome}``."""
     out = {}
-    for method, scores in lvlm.items():
-        if method == reference:
+    for group in ("all", *GROUPS):
+        ids = [k for k in sorted(by_id) if group == "all" or meta[k]["group"] == group]
+        rate = Rate.clustered([by_id[k] for k in ids], [meta[k]["concept"] for k in ids])
+        out[group] = rate_dict(rate, count)
+    return out
+
+
+def compare_with(reference: dict, other: dict, meta: dict, measure: str = "dsr") -> dict:
+    """``other`` against ``reference`` (two :func:`evaluate_condition` results of one seed, the same samples): per
+    group the paired difference other - reference with its concept-clustered interval and the exact McNemar test."""
+    a, b = reference["outcomes"][measure], other["outcomes"][measure]
+    if a["ids"] != b["ids"]:
+        raise RuntimeError("the two models were evaluated on different samples")
+    out = {}
+    for group in ("all", *GROUPS):
+        rows = [i for i, k in enumerate(a["ids"]) if group == "all" or meta[k]["group"] == group]
+        if not rows:
             continue
-        out[method] = {}
-        for condition in ("without_retrieved", "with_retrieved"):
-            mine, theirs = scores[condition], lvlm[reference][condition]
-            if mine["toxic_concepts"] != theirs["toxic_concepts"]:
-                raise RuntimeError(f"{method} and {reference} were evaluated on different requests")
-            out[method][condition] = paired_comparison(mine["toxic_verdicts"], theirs["toxic_verdicts"],
-                                                       mine["toxic_concepts"], cluster_field="concept").to_json()
+        comparison = paired_comparison([b["values"][i] for i in rows], [a["values"][i] for i in rows],
+                                       [meta[a["ids"][i]]["concept"] for i in rows], cluster_field="concept")
+        out[group] = comparison.to_json()
     return out

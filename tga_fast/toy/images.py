@@ -2,10 +2,11 @@
 variation in position, size, shade and noise (so a vision encoder has to learn the concept, not memorise pixels).
 
 A concept's glyph is a fixed set of 3 primitives (rectangle, ellipse, triangle, thick line) drawn from a generator
-seeded by the concept's name: the same concept always looks alike, different concepts differ in shape.
+seeded by the concept's name and the world's seed: within a world the same concept always looks alike and
+different concepts differ in shape; each seed draws new glyphs (a new set of drawings for every report seed).
 
-    glyph("knife")  ->  [("rect", box), ("triangle", box), ("line", box)]   boxes in [0, 1] coordinates
-    render("knife", "red", rng) -> PIL.Image 32 x 32
+    glyph("knife", 3)  ->  [("rect", box), ("triangle", box), ("line", box)]   boxes in [0, 1] coordinates
+    render("knife", "red", rng, glyph_seed=3) -> PIL.Image 32 x 32
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ SIZE = 32
 PRIMITIVES = ("rect", "ellipse", "triangle", "line")
 
 
-def glyph(concept: str) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """The concept's 3 primitives with boxes ``(x0, y0, x1, y1)`` in unit coordinates."""
-    seed = int.from_bytes(hashlib.sha256(concept.encode()).digest()[:4], "little")
+def glyph(concept: str, glyph_seed: int = 0) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """The concept's 3 primitives with boxes ``(x0, y0, x1, y1)`` in unit coordinates (seed 0 keeps the glyphs of
+    the first world version)."""
+    name = concept if glyph_seed == 0 else f"{concept}#{glyph_seed}"
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
     rng = np.random.default_rng(seed)
     parts = []
     for _ in range(3):
@@ -34,7 +37,7 @@ def glyph(concept: str) -> list[tuple[str, tuple[float, float, float, float]]]:
     return parts
 
 
-def render(concept: str, colour: str, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+def render(concept: str, colour: str, rng: np.random.Generator, size: int = SIZE, glyph_seed: int = 0) -> Image.Image:
     """One drawing of ``concept`` in ``colour``: the glyph scaled (0.7-1.0), shifted (within the margin), its
     colour shaded (+-25 per channel), on a light noisy background."""
     background = rng.integers(200, 250)
@@ -46,7 +49,7 @@ def render(concept: str, colour: str, rng: np.random.Generator, size: int = SIZE
     base = np.array(COLOURS[colour])
     fill = tuple(int(v) for v in np.clip(base + rng.integers(-25, 26, 3), 0, 255))
     outline = tuple(int(v * 0.45) for v in fill)
-    for kind, (x0, y0, x1, y1) in glyph(concept):
+    for kind, (x0, y0, x1, y1) in glyph(concept, glyph_seed):
         box = [ox + x0 * scale, oy + y0 * scale, ox + x1 * scale, oy + y1 * scale]
         if kind == "rect":
             draw.rectangle(box, fill=fill, outline=outline)
@@ -60,14 +63,14 @@ def render(concept: str, colour: str, rng: np.random.Generator, size: int = SIZE
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def render_set(combos, per_combo: int, seed: int, size: int = SIZE):
+def render_set(combos, per_combo: int, seed: int, size: int = SIZE, glyph_seed: int = 0):
     """``per_combo`` drawings of every ``(colour, concept)``: ``(images, combos_per_image)``, deterministic in
-    ``seed`` (each image has its own generator, so one split never shifts another)."""
+    ``seed`` (each image has its own generator, so one split never shifts another) and ``glyph_seed``."""
     images, labels = [], []
     for i, (colour, concept) in enumerate(combos):
         for j in range(per_combo):
             rng = np.random.default_rng([seed, i, j])
-            images.append(render(concept, colour, rng, size))
+            images.append(render(concept, colour, rng, size, glyph_seed))
             labels.append((colour, concept))
     return images, labels
 

@@ -1,5 +1,5 @@
-"""The demo's outputs: ``result.json`` (every measurement), ``report.md`` (the tables, the located safety layers,
-the figures, what was tried) and the PNG figures, in the style of the paper's plots."""
+"""The demo's outputs: ``result.json`` (the summary across seeds), ``report.md`` (the headline table over the seeds,
+the targets, the per-seed tables, the analyses' verdicts, the controls, the research log) and the PNG figures."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 
 from tga_fast.files import write_json, write_text
+from tga_fast.toy.tried import TRIED
 
 FIGURES = {
+    "dsr": "fig_dsr.png",
+    "gains": "fig_gains_heldout.png",
     "safety_layers": "fig_3a_safety_layers.png",
-    "attention_share": "fig_3b_attention_share.png",
-    "knockout": "fig_3c_knockout.png",
     "similarity": "fig_3d_modality_similarity.png",
-    "steering": "fig_3e_steering.png",
-    "dsr_overall": "fig_dsr_overall.png",
-    "dsr": "fig_dsr_per_scene.png",
     "images": "world_images.png",
 }
 
@@ -60,149 +58,201 @@ def plot_bars(path, groups: dict, ylabel: str, title: str):
     fig.savefig(path, dpi=110)
 
 
-def write_figures(out: Path, result: dict) -> None:
-    """The report's figures, each curve beside its control (the analyses' own two-panel figures, with intervals,
-    are in ``analysis/<model>/<analysis>/figure.png``)."""
-    text = result["text_llm"]
-    safety = text["safety_layers"]
-    plot_curve(out / FIGURES["safety_layers"], {"toxic prompts": safety["refusal_prob"],
-                                                 "benign prompts (control)": safety["benign_refusal_prob"]},
-               "layer k (hidden_states[k])", "refusal-token probability", "3A logit lens, toxic vs benign text",
-               shade=safety["range"])
-    blocks = list(range(1, len(text["attention_share"]) + 1))
-    shares = {"share on the toxic word": text["attention_share"]}
-    if text.get("attention_share_control"):
-        shares["share on as many other words (control)"] = text["attention_share_control"]
-    plot_curve(out / FIGURES["attention_share"], shares, "decoder block", "attention share",
-               "3B attention of the last token", shade=safety["range"], xs=blocks)
-    plot_bars(out / FIGURES["knockout"], {"toxic word knocked out": text["knockout"],
-                                          "as many other words knocked out (control)": text["knockout_control"]},
-              "DSR", "3C knockout of attention, per window of blocks")
-    lvlm = result["lvlm"]
-    curves = {f"{m}": lvlm[m]["similarity"] for m in lvlm}
-    curves.update({f"{m}, mismatched pairs (control)": lvlm[m]["similarity_mismatched"] for m in lvlm
-                   if lvlm[m]["similarity_mismatched"]})
-    plot_curve(out / FIGURES["similarity"], curves, "layer k", "cosine", "3D image/text similarity per layer",
-               shade=safety["range"], reference=("vision encoder's image/caption cosine", result["vision"]["clip_cosine"]))
-    base = lvlm["baseline"]
-    plot_bars(out / FIGURES["steering"], {"text state added": base["steering"],
-                                          "random vector, same norm (control)": base["steering_random"],
-                                          "another text's state (control)": base["steering_mismatched"]},
-              "DSR", "3E steering the baseline's image tokens, per window of hidden states")
-    overall = {
-        condition.replace("_", " "): {m: lvlm[m][condition]["dsr"]["rate"] for m in lvlm}
-        for condition in ("without_retrieved", "with_retrieved")
-    }
-    plot_bars(out / FIGURES["dsr_overall"], overall, "DSR on toxic images", "DSR by method and inference condition")
-    groups = {}
-    for method, scores in lvlm.items():
-        for condition in ("without_retrieved", "with_retrieved"):
-            per_scene = scores[condition]["dsr_per_scene"]
-            groups[f"{method}, {condition.replace('_', ' ')}"] = {s: per_scene[s]["rate"] for s in per_scene}
-    plot_bars(out / FIGURES["dsr"], groups, "DSR on toxic images", "DSR per scene")
+def write_figures(out: Path, result: dict, per_seed: list[dict]) -> None:
+    """The report's figures: DSR per recipe and condition (mean over seeds with its t interval; seen vs held-out
+    concepts), the gains over the baseline, 3A's curves (toxic vs benign, mean over seeds) and 3D's similarity."""
+    summary = result["summary"]
+    methods = list(summary)
+    conditions = list(summary[methods[0]])
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 3.6))
+    axes = fig.subplots(1, 3, sharey=True)
+    width = 0.8 / len(methods)
+    for ax, group in zip(axes, ("all", "seen", "heldout")):
+        for i, method in enumerate(methods):
+            means, errors = [], [[], []]
+            for condition in conditions:
+                c = summary[method][condition] if group == "all" else summary[method][condition][group]
+                mean = c["mean"] or 0.0
+                low, high = c["ci"]
+                means.append(mean)
+                errors[0].append(0 if low is None else max(0.0, mean - low))
+                errors[1].append(0 if high is None else max(0.0, high - mean))
+            xs = [k + i * width for k in range(len(conditions))]
+            ax.bar(xs, means, width, yerr=errors, capsize=2, label=method)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(conditions))], [c.replace("_", " ") for c in conditions],
+                      fontsize=7)
+        ax.set(title={"all": "all toxic concepts", "seen": "seen concepts", "heldout": "held-out concepts"}[group],
+               ylim=(0, 1.05))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("DSR on toxic images (mean over seeds, 95% t interval)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / FIGURES["dsr"], dpi=110)
+
+    fig, ax = _subplots((7.5, 3.6))
+    gains = result["gains"]
+    labels, means, lows, highs = [], [], [], []
+    for method, by_condition in gains.items():
+        for condition in conditions:
+            g = by_condition[condition]["dsr"]["heldout"]
+            labels.append(f"{method}\n{condition.replace('_', ' ')}")
+            means.append(g["mean"] or 0.0)
+            lows.append(g["ci"][0] if g["ci"][0] is not None else g["mean"] or 0.0)
+            highs.append(g["ci"][1] if g["ci"][1] is not None else g["mean"] or 0.0)
+    ax.errorbar(range(len(labels)), means, yerr=[[m - l for m, l in zip(means, lows)],
+                                                 [h - m for m, h in zip(means, highs)]], fmt="o", capsize=3)
+    ax.axhline(0, color="gray", linestyle="--")
+    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=30)
+    ax.set(ylabel="DSR gain over the baseline", title="held-out toxic concepts: gain per recipe (mean, 95% t interval)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / FIGURES["gains"], dpi=110)
+
+    toxic = [r["text_llm"]["safety_layers"]["refusal_prob"] for r in per_seed]
+    benign = [r["text_llm"]["safety_layers"]["benign_refusal_prob"] for r in per_seed]
+    plot_curve(out / FIGURES["safety_layers"], {
+        **{f"toxic, seed {r['seed']}": t for r, t in zip(per_seed, toxic)},
+        **{f"benign (control), seed {r['seed']}": b for r, b in zip(per_seed, benign)},
+    }, "layer k (hidden_states[k])", "refusal-token probability", "3A logit lens on the text LLM, every seed")
+    curves = {}
+    for method in methods:
+        rows = [r["lvlm_analyses"][method]["similarity"] for r in per_seed]
+        curves[method] = [sum(col) / len(col) for col in zip(*rows)]
+        mismatched = [r["lvlm_analyses"][method]["similarity_mismatched"] for r in per_seed]
+        if all(mismatched):
+            curves[f"{method}, mismatched pairs (control)"] = [sum(col) / len(col) for col in zip(*mismatched)]
+    plot_curve(out / FIGURES["similarity"], curves, "layer k", "image/text cosine (mean over seeds)",
+               "3D image vs text hidden states per layer")
 
 
 def _pct(rate) -> str:
     return "n/a" if rate is None else f"{100 * rate:.0f}%"
 
 
-def _rate(r: dict) -> str:
-    count = r.get("refused", r.get("correct"))
-    return f"{_pct(r['rate'])} [{_pct(r['low'])}, {_pct(r['high'])}] ({count}/{r['total']})"
+def _cell(c: dict) -> str:
+    low, high = c["ci"]
+    if c["mean"] is None:
+        return "n/a"
+    if low is None:
+        return f"{_pct(c['mean'])}"
+    return f"{_pct(c['mean'])} [{_pct(max(0.0, low))}, {_pct(min(1.0, high))}]"
 
 
-def write_report(out: Path, result: dict) -> None:
-    text, lvlm = result["text_llm"], result["lvlm"]
-    scenes = sorted(next(iter(lvlm.values()))["without_retrieved"]["dsr_per_scene"])
+def _gain(c: dict) -> str:
+    if c["mean"] is None:
+        return "n/a"
+    low, high = c["ci"]
+    text = f"{100 * c['mean']:+.0f}"
+    return text if low is None else f"{text} [{100 * low:+.0f}, {100 * high:+.0f}]"
+
+
+def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
+    summary, protocol = result["summary"], result["protocol"]
+    methods = list(summary)
+    conditions = list(summary[methods[0]])
+    first = per_seed[0]
+    world = first["world"]
+    seeds = result["seeds"]
+    toxic_counts = world["samples"]["toxic"]
+    benign_counts = world["samples"]["benign"]
     lines = [
-        "# TGA in a miniature world",
+        "# TGA in a miniature world (v2)",
         "",
-        f"World: {result['world']['concepts']} concepts ({result['world']['toxic']} toxic in {len(scenes)} scenes), "
-        f"{result['world']['colours']} colours; {result['world']['train_images']} training images, "
-        f"{result['world']['eval_images']} fresh evaluation images. Seed {result['seed']}"
-        f"{' (quick world)' if result['quick'] else ''}. Rates are given with 95% intervals clustered by concept (the "
-        "questions about one concept's images are paraphrases of one request: they are not independent samples) and "
-        "counts; methods are compared pairwise on the same requests (exact McNemar, paired cluster-bootstrap interval "
-        "of the difference).",
+        f"Protocol v{protocol['version']}, hash `{protocol['hash']}` (`tga_fast/toy/protocol.json`, fixed before "
+        f"any reported run). Seeds: **{seeds['which']}** {seeds['list']}"
+        + (" (never used while tuning)." if seeds["which"] == "report" else
+           " (NOT the report seeds: these numbers are not the protocol's result)." if seeds["which"] != "quick"
+           else " (the tests' quick world: not the protocol's result)."),
         "",
-        "## The text LLM and its safety mechanism",
+        "## What was measured",
         "",
-        f"- DSR on held-out toxic text: {_rate(text['scores']['dsr_toxic'])}",
-        f"- accuracy on held-out benign text: {_rate(text['scores']['accuracy_benign'])}",
-        f"- false refusals on held-out benign text: {_rate(text['scores']['false_refusals'])}",
-        f"- 3A: {text['safety_layers']['verdict']} (R from {', '.join(repr(t) for t in text['safety_layers']['refusal_tokens'])}; "
-        f"the paper's literal rule gives {text['safety_layers']['paper_range']})",
-        f"- 3B: {text['attention_share_verdict']}",
-        f"- 3C: {text['knockout_verdict']}. DSR per window of blocks, toxic word knocked out: "
-        + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout"].items())
-        + "; as many other words knocked out: " + ", ".join(f"{k}: {_pct(v)}" for k, v in text["knockout_control"].items()),
-        f"- vision encoder: image -> caption retrieval top-1 on fresh images {_pct(result['vision']['retrieval_top1'])}",
+        f"Per seed: a world of {world['concepts']} concepts ({world['toxic']} toxic in {len(world['scenes'])} scenes), "
+        f"{world['colours']} colours, new glyphs; a text LLM trained from scratch to refuse use-requests about toxic "
+        "concepts (text only); a CLIP-like vision encoder trained on drawings of every concept; LLaVA assembled from "
+        f"them ({world['image_tokens']} image tokens per image). Each seed holds out "
+        f"{len(world['heldout_toxic'])} toxic concepts (seed {first['seed']}: {', '.join(world['heldout_toxic'])}; "
+        "whole scenes among them) and some benign ones from every alignment (no image, caption or retrieved text of "
+        "them in training), and one colour per concept; the vision encoder and the text LLM know them all. Stage 1 "
+        f"(projector, captions) is shared; stage 2 trains each recipe from it on {world['alignment_images']} images "
+        "of seen combinations (describe, colour and benign use requests; no image is ever paired with a refusal) "
+        "plus the text LLM's own requests as text replay, through `tga_fast.training.train` (TGATrainer).",
         "",
-        "## DSR on toxic images (use-requests), per scene",
+        "Evaluation per seed and model, on one fresh image of every (colour, concept): toxic use-requests "
+        + ", ".join(f"{g} {v['samples']} ({v['concepts']} concepts)" for g, v in toxic_counts.items())
+        + "; benign describe / colour / use requests "
+        + ", ".join(f"{g} {v['samples']} ({v['concepts']} concepts)" for g, v in benign_counts.items())
+        + f" (seed {first['seed']}'s counts; the held-out draw changes them per seed). Judge: GCG keywords on "
+        "greedy answers (`evaluate_dsr`). Each cell is the mean over the seeds with a Student t 95% interval across "
+        "seeds; per-seed rates carry intervals clustered by concept (in `seeds/<seed>/result.json`).",
         "",
-        "| method | retrieved text at inference | " + " | ".join(scenes)
-        + " | all | false refusals (benign-image use-requests) | benign accuracy |",
-        "|---|---|" + "---|" * (len(scenes) + 3),
+        "## DSR on toxic images (mean over seeds [95% t interval])",
+        "",
+        "| recipe | retrieved text at inference | all toxic | seen concepts | held-out concepts | seen concepts, "
+        "held-out colour | held-out gain over baseline (points) | false refusals | benign accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method, scores in lvlm.items():
-        for condition in ("without_retrieved", "with_retrieved"):
-            s = scores[condition]
-            cells = [_pct(s["dsr_per_scene"][sc]["rate"]) for sc in scenes]
-            lines.append(
-                f"| {method} | {'yes' if condition == 'with_retrieved' else 'no'} | " + " | ".join(cells)
-                + f" | **{_rate(s['dsr'])}** | {_rate(s['false_refusals'])} | {_rate(s['accuracy'])} |"
-            )
-    lines += [
-        "",
-        "Benign accuracy is the exact-match rate over describe, colour and use requests on benign images. "
-        "`baseline`: LLaVA's two stages, next-token loss only. `tga_paper`: the paper's recipe (the caption as the "
-        "target, the 3A layers, weights 1/4 and 1/10, the retrieved text in every training prompt). `tga`: the same "
-        "loss adapted to this world (the object word as the target, the hidden states 3C shows are read, 16x the "
-        "weights, the retrieved text in half the training prompts); see 'What we tried' for why. All three start "
-        "from the same assembled model and see the same images and steps; no image is ever paired with a refusal. "
-        "False refusals count refused use-requests on benign images. The `tga` adaptation was chosen by experiments "
-        "scored on seed 0's evaluation images (the default world): seed 0's `tga` numbers are tuned on their own test "
-        "set; other seeds were not used for tuning ('What we tried' gives seeds 1 and 2).",
-        "",
-        "## Targets",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-    ]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
-    lines += ["", "## Each alignment against the baseline, on the same toxic requests", "",
-              "| alignment | retrieved text at inference | DSR change over the baseline, 95% interval | McNemar p |",
-              "|---|---|---|---|"]
-    for method, by_condition in result.get("comparisons", {}).items():
-        for condition, comparison in by_condition.items():
-            d = comparison["difference"]
-            lines.append(f"| {method} | {'yes' if condition == 'with_retrieved' else 'no'} | "
-                         f"{100 * d['value']:+.0f} points [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}] "
-                         f"({d['clusters']} concepts) | {comparison['mcnemar']['p_value']:.2g} |")
-    lines += ["", "## Layer analyses of the LVLMs", ""]
-    for method, scores in lvlm.items():
-        sim = ", ".join(f"{v:.2f}" for v in scores["similarity"])
-        mismatched = ", ".join(f"{v:.2f}" for v in scores["similarity_mismatched"] or [])
-        sim_r = ", ".join(f"{v:.2f}" for v in scores["similarity_with_retrieved"])
-        lines.append(f"- 3D {method}: {scores['similarity_verdict']}. Image/text cosine per layer 0..N: {sim}; "
-                     f"mismatched pairs (control): {mismatched or '-'}; with the retrieved text in both prompts: "
-                     f"{sim_r}; target layers {result['target_layers'][method] or '-'}")
-    clip_mismatched = lvlm["baseline"].get("clip_mismatched_cosine")
-    lines.append(f"- 3D reference: the vision encoder's own image/caption cosine {result['vision']['clip_cosine']:.2f}"
-                 + (f" (mismatched pairs: {clip_mismatched:.2f})" if clip_mismatched is not None else ""))
-    base = lvlm["baseline"]
-    lines.append(f"- 3E (baseline, toxic images): {base['steering_verdict']}. DSR per window of hidden states "
-                 "(0 = the decoder's input), text state added: "
-                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering"].items())
-                 + "; random vector of the same norm: "
-                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering_random"].items())
-                 + "; another concept's text state: "
-                 + ", ".join(f"{k}: {_pct(v)}" for k, v in base["steering_mismatched"].items()))
-    lines += ["", "## Figures", ""]
-    lines += [f"![{name}]({file})" for name, file in FIGURES.items()]
-    lines += ["", "## What we tried", ""] + result.get("tried", [])
-    lines += ["", "## Timings (seconds)", "", ", ".join(f"{k}: {v:.0f}" for k, v in result["timings"].items())]
+    for method in methods:
+        for condition in conditions:
+            c = summary[method][condition]
+            gain = "" if method == "baseline" else _gain(result["gains"][method][condition]["dsr"]["heldout"])
+            lines.append(f"| {method} | {condition.replace('_', ' ')} | {_cell(c)} | {_cell(c['seen'])} | "
+                         f"**{_cell(c['heldout'])}** | {_cell(c['heldout_combo'])} | {gain} | "
+                         f"{_cell(c['false_refusals'])} | {_cell(c['accuracy'])} |")
+    lines += ["", "Recipes (from the protocol):", ""]
+    lines += [f"- `{name}`: {spec['what']}" for name, spec in protocol["recipes"].items()]
+    lines += ["", "Conditions: " + "; ".join(f"`{k}`: {v}" for k, v in protocol["conditions"].items()) + ".", "",
+              "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in result["targets"]]
+    lines += ["", "## Per seed: DSR on held-out toxic concepts", "",
+              "| seed | held-out toxic concepts | " + " | ".join(
+                  f"{m} ({c.replace('_', ' ')})" for m in methods for c in conditions) + " |",
+              "|---|---|" + "---|" * (len(methods) * len(conditions))]
+    for r in per_seed:
+        cells = [_pct(r["scores"][m][c]["dsr"]["heldout"]["rate"]) for m in methods for c in conditions]
+        lines.append(f"| {r['seed']} | {', '.join(r['world']['heldout_toxic'])} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per seed: paired difference against the baseline, held-out concepts, no retrieved text", "",
+              "| seed | " + " | ".join(m for m in methods if m != "baseline") + " |",
+              "|---|" + "---|" * (len(methods) - 1)]
+    for r in per_seed:
+        cells = []
+        for m in methods:
+            if m == "baseline":
+                continue
+            comp = r["comparisons"][m]["no_retrieval"]["dsr"].get("heldout")
+            if comp is None:
+                cells.append("n/a")
+                continue
+            d = comp["difference"]
+            cells.append(f"{100 * d['value']:+.0f} [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}], "
+                         f"McNemar p {comp['mcnemar']['p_value']:.2g}")
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    lines += ["", "## The text LLM and the analyses, per seed", ""]
+    for r in per_seed:
+        text, a = r["text_llm"], result["analyses"][str(r["seed"])]
+        s = text["scores"]
+        lines.append(f"- **seed {r['seed']}**: text DSR on held-out text {_pct(s['dsr_toxic']['rate'])}, accuracy "
+                     f"{_pct(s['accuracy_benign']['rate'])}, false refusals {_pct(s['false_refusals']['rate'])}. "
+                     f"3A: {a['3A']['verdict']} tga_paper layers {a['tga_paper_layers']['layers']} "
+                     f"({a['tga_paper_layers']['source']}). 3B: {a['3B']} 3C: {a['3C']['verdict']} "
+                     + (f"3E (baseline): {a['3E']['verdict']}" if "3E" in a else ""))
+        for method, d in a["3D"].items():
+            lines.append(f"  - 3D {method}: {d['verdict']}")
+    controls = result["controls"]
+    lines += ["", "## Controls", "",
+              "- Irrelevant retrieval (a random benign text in the retrieved slot), DSR on held-out concepts: "
+              + "; ".join(f"{m} {_cell(v['heldout'])}" for m, v in controls["irrelevant_retrieval"].items()),
+              "- Share of evaluation images whose inference retrieval names the image's own concept: "
+              + "; ".join(f"{g} {_cell(v)}" for g, v in controls["retrieval_names_own_concept"].items()),
+              "", "## Figures", ""]
+    lines += [f"![{name}]({file})" for name, file in FIGURES.items() if (out / file).exists()]
+    lines += ["", "## What we tried (research log)", "",
+              "Everything below was measured on dev seeds or on the first world version (seed 0 of v1, which was "
+              "also its evaluation set); none of it is a report-seed result.", ""] + TRIED
+    lines += ["", "## Timings (seconds, per seed)", ""]
+    lines += [f"- seed {s}: " + ", ".join(f"{k}: {v:.0f}" for k, v in t.items()) for s, t in result["timings"].items()]
+    lines.append(f"- wall time of the whole demo: {result.get('wall_time_s', 0):.0f} s")
     lines += ["", "## What these numbers depend on", "", ENVIRONMENT_NOTE, "",
               "```json", json.dumps(result.get("environment", {}), indent=1), "```"]
     write_text(out / "report.md", "\n".join(lines) + "\n")
@@ -220,8 +270,21 @@ ENVIRONMENT_NOTE = (
 )
 
 
-def save(out: Path, result: dict) -> None:
+def save(out: Path, result: dict, per_seed: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "result.json", result, indent=1)
-    write_figures(out, result)
-    write_report(out, result)
+    write_figures(out, result, per_seed)
+    _contact_sheet(out, per_seed[0])
+    write_report(out, result, per_seed)
+
+
+def _contact_sheet(out: Path, first: dict) -> None:
+    """The first seed's evaluation images side by side."""
+    from PIL import Image
+
+    from tga_fast.toy.images import contact_sheet
+
+    folder = out / "seeds" / str(first["seed"]) / "eval_set" / "images"
+    files = sorted(folder.glob("*.png"))[:48]
+    if files:
+        contact_sheet([Image.open(f).convert("RGB") for f in files]).save(out / FIGURES["images"])

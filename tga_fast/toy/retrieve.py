@@ -1,9 +1,14 @@
-"""Retrieved texts for the world's images: the dual encoder's image embedding searched in the caption corpus with
-``tga_fast.retrieval.Index`` (top-1), and in training the self-match rule of ``tga_fast.retrieval.self_match``
-(a retrieved text equal to the image's own caption is cut to its first half, as the paper does).
+"""Retrieved texts for the world's images, with ``tga_fast.retrieval.Index`` over the dual encoder's caption tower:
+
+- training: top-2 over the training corpus with the self-match rule ``"next"`` (``tga_fast.retrieval.self_match``):
+  the best text that is not the image's own caption, a real retrieval result ("a picture of a gun", "a red knife");
+- inference: top-1 over the world's text corpus, which holds no evaluation caption;
+- the irrelevant-retrieval control: a benign corpus text drawn at random per image (seeded).
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 
@@ -17,11 +22,9 @@ def corpus_index(dual, vocabulary, corpus) -> Index:
 
 
 @torch.no_grad()
-def retrieve(dual, index: Index, pixel_values, captions=None, rule: str = "half", k: int = 2) -> list[str]:
-    """Top-1 corpus text per image; with ``captions`` (training) the self-match ``rule`` is applied.
-
-    pixel_values: ``[N, 3, H, W]``.
-    """
+def retrieve(dual, index: Index, pixel_values, captions=None, rule: str = "next", k: int = 2) -> list[str]:
+    """Top-1 corpus text per image; with ``captions`` (training) the self-match ``rule`` is applied to the top
+    ``k``. pixel_values: ``[N, 3, H, W]``."""
     queries = torch.cat([dual.encode_images(chunk) for chunk in pixel_values.split(256)])
     scores, ids = index.search(queries, k)
     out = []
@@ -32,3 +35,9 @@ def retrieve(dual, index: Index, pixel_values, captions=None, rule: str = "half"
         else:
             out.append(choose(candidates, captions[row], rule).text)
     return out
+
+
+def irrelevant(texts, count: int, seed: int) -> list[str]:
+    """``count`` texts drawn from ``texts`` with replacement, from ``seed`` (the same for every model)."""
+    rng = random.Random(f"irrelevant-{seed}")
+    return [rng.choice(list(texts)) for _ in range(count)]

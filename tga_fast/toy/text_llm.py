@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from tga_fast.toy.data import Encoder, text_examples
+from tga_fast.models.prompts import Prompt
+from tga_fast.toy.data import Encoder, Example
 from tga_fast.toy.world import World
 
 
@@ -67,7 +68,7 @@ def train_text_llm(world: World, tokenizer, cfg: TextLLMConfig, progress: bool =
     model = LlamaForCausalLM(llama_config(cfg, tokenizer))
     model.set_attn_implementation("sdpa")
     encoder = Encoder(tokenizer)
-    examples = text_examples(world.all_requests("train"))
+    examples = mention_examples(world, world.all_requests("train"))
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.steps))
@@ -83,6 +84,16 @@ def train_text_llm(world: World, tokenizer, cfg: TextLLMConfig, progress: bool =
         scheduler.step()
         bar.set_postfix(loss=f"{loss.detach():.3f}", refresh=False)
     return model.eval()
+
+
+def mention_examples(world: World, requests) -> list[Example]:
+    """Text examples of ``requests`` with every phrasing of the object mention ("a red knife", "a picture of a red
+    knife", ...), so the mechanism reads the object however a (retrieved) text names it."""
+    return [
+        Example(Prompt(question=r.question, text=mention), r.answer, safety=r.toxic)
+        for r in requests
+        for mention in world.mentions(r.colour, r.concept)
+    ]
 
 
 def config_dict(cfg: TextLLMConfig) -> dict:

@@ -4,6 +4,10 @@ use-requests, 288 benign use-requests, 576 benign requests in all) with research
 as the demo (seed 0, 2026-11-30). "DSR a / b" is DSR on toxic images without / with the retrieved text at
 inference; "acc" is benign-image exact-match accuracy without the retrieved text. Kept with the code so the
 report says how the current design was reached; the demo's own table is measured afresh on every run.
+
+Every entry up to "Conclusion for this world" is a v1 result scored on seed 0's own evaluation images (the set it
+was tuned on; seeds 1 and 2 shared its glyphs and concepts): dev results, not evidence. The entries after it are the
+v2 protocol's dev seeds (0 and 1), run before the protocol was frozen; the report seeds were never used for them.
 """
 
 TRIED: list[str] = [
@@ -30,28 +34,28 @@ TRIED: list[str] = [
     "concept in a form the circuit reads.",
     "- v1 TGA with the object word ('gun') as the target, layers 0-1, x16: 1% / 32%: with 4 image tokens the "
     "*mean* is aligned but no single token looks like the object, and the mechanism attends to single tokens.",
-    "- **World v2** (1 image token: one 32x32 patch, so the pooled state is the token; retrieval top-1 92%): "
+    "- **World v1b** (1 image token: one 32x32 patch, so the pooled state is the token; retrieval top-1 92%): "
     "baseline 2% / 38%, acc 89%; TGA as in the paper 11% / 56%, acc 60%; caption target at layers 0-1 x16: 10% / "
     "51% (projector only: 9% / 59%).",
-    "- v2, **object target at layers 0-1 (the states 3C says the mechanism reads), x16**: **73% / 93%**, false "
+    "- v1b, **object target at layers 0-1 (the states 3C says the mechanism reads), x16**: **73% / 93%**, false "
     "refusals 1%, acc 40% (91% with the retrieved text). The same target at the 3A layers 1-6 (training cosine "
     "0.97): 0% / 59%. With the paper's weights: 3% / 49%. x8: 6% / 38%; layer 0 only: 46% / 78%.",
-    "- v2, object target with the retrieved text in half the training prompts (so neither inference condition is "
+    "- v1b, object target with the retrieved text in half the training prompts (so neither inference condition is "
     "out of distribution): 67% / 92%, acc 54% (describe 18%, colour 20%, use 89%): the single token becomes the "
     "object word and loses its colour. 500 stage-2 steps: 77% / 90%, acc 56% (baseline at 500 steps: 2% / 30%, "
     "acc 91%).",
-    "- v2, targets that keep the colour: 'red gun' x16: 6% / 54%, acc 89%; 'a red gun' x32 (layer-1 cosine 0.98): "
+    "- v1b, targets that keep the colour: 'red gun' x16: 6% / 54%, acc 89%; 'a red gun' x32 (layer-1 cosine 0.98): "
     "8% / 84%, acc 84%. Diagnostic in that model: writing the caption's mean embedding in place of the image token "
     "gives 60% refusal, the object word 100%, the actual image token 4%: the alignment does not get the token close "
     "enough, and a blend of 'a', 'red' and 'gun' is a weak trigger anyway.",
-    "- v2, other schedules for the object target: the pair term decaying as (1 - t)^2 instead of (1 - t): 47% / "
+    "- v1b, other schedules for the object target: the pair term decaying as (1 - t)^2 instead of (1 - t): 47% / "
     "76%, acc 58%. The colour does not come back when the alignment fades early.",
-    "- v2, stage-2 length for the object target (same steps for the baseline): 250 steps: 67% / 92%, acc 54%; 500: "
+    "- v1b, stage-2 length for the object target (same steps for the baseline): 250 steps: 67% / 92%, acc 54%; 500: "
     "77% / 90%, acc 56% (baseline 2% / 30%, acc 91%); 800: 70% / 83%, acc 69% (colour 50%); 1200: 66% / 87%, acc "
     "76% (colour 72%; baseline 4% / 61%, acc 91%); batch 64 x 600 steps: 60% / 88%, acc 60% (baseline 6% / 58%). "
     "The colour comes back with the steps taken after the alignment has faded, not with more samples; the demo "
     "runs 800 stage-2 steps for all three alignments to stay inside its time budget.",
-    "- v2, 3D measured by `tga_fast.analysis.modality_similarity` on fresh images: after 400 stage-2 steps the "
+    "- v1b, 3D measured by `tga_fast.analysis.modality_similarity` on fresh images: after 400 stage-2 steps the "
     "paper's recipe had, without the retrieved text, a cosine at layers 1-6 (0.27-0.40) *below* the baseline's "
     "(0.40-0.51); after 800 steps it is above (0.47-0.81 vs 0.38-0.53). The report gives both prompt conditions.",
     "- Variance: removing an unused token from the vocabulary (so every word has another id and the text LLM another "
@@ -73,4 +77,19 @@ TRIED: list[str] = [
     "is strong (16x the paper's weights). The price is the attribute detail of the image (colour), unless the "
     "retrieved text supplies it at inference. The demo runs the paper's recipe (`tga_paper`) and this adaptation "
     "(`tga`) side by side.",
+    "- **v2 protocol, dev seed 0** (draft sizes: text LLM 500 steps, alignment 150 + 400 steps; 4 image tokens; "
+    "13 toxic concepts, 4 held out (blood, cigar, cigarette, knife); library trainer): DSR no / relevant / "
+    "irrelevant retrieval: baseline 1% / 26% / 1%, tga_paper (3A layers 1-3) 1% / 4% / 1%, input_word_alignment "
+    "6% / 6% / 2%, word_alignment_mid 8% / 4% / 0%; on held-out concepts 0% for every recipe and condition except "
+    "the baseline with retrieval (8%). Benign accuracy 60-69% (baseline 69%), false refusals <= 1%. 3D: every "
+    "alignment raised the image/text cosine at layers 1-6 (baseline 0.09-0.33, tga_paper 0.55-0.69); 3E: no "
+    "window. Trained with the retrieved text, the alignments learned to answer despite it (26% -> 4-6% with "
+    "retrieval). One seed took 685 s at 1 thread beside other jobs; the sizes were then cut to 300 / 100 + 250 "
+    "steps to fit the demo's 15-minute budget, before any report seed ran.",
+    "- **v2 protocol, dev seed 1** (text LLM 300 steps, alignment 100 + 250 steps; held out: beer, blood, cards, "
+    "wine): DSR no / relevant / irrelevant retrieval: baseline 3% / 75% / 1%, tga_paper (3A layer 1) 18% / 12% / "
+    "0%, input_word_alignment 11% / 27% / 8%, word_alignment_mid 0% / 19% / 0%; on held-out concepts without "
+    "retrieval 0%, 10%, 0%, 0%. Benign accuracy 64% (baseline), 48% (tga_paper), 65%, 64%. 640 s for the seed "
+    "beside three other jobs. The text LLM's batch was then cut from 48 to 32 and 3D's second prompt condition "
+    "(with the retrieved text) dropped, for time; then the protocol was frozen.",
 ]

@@ -24,7 +24,7 @@ class VisionConfig:
     hidden: int = 64
     layers: int = 2
     heads: int = 4
-    patch: int = 32  # one patch per 32 x 32 image: 1 image token per image in the LVLM (see tried.py)
+    patch: int = 16  # 2 x 2 patches per 32 x 32 image: 4 image tokens per image in the LVLM (32: the 1-token ablation)
     embed: int = 64
     steps: int = 300
     batch_size: int = 96
@@ -98,12 +98,13 @@ class CaptionVocabulary:
         return out
 
 
-def train_vision(pixel_values: torch.Tensor, captions: list[str], corpus: list[str], cfg: VisionConfig, progress=True):
+def train_vision(pixel_values: torch.Tensor, captions: list, corpus: list[str], cfg: VisionConfig, progress=True):
     """Contrastive training (symmetric InfoNCE; images of the same caption count as positives of each other).
 
     Args:
-        pixel_values: ``[N, 3, H, W]`` preprocessed training images; ``captions``: their N captions.
-        corpus: every caption of the world (the caption tower's vocabulary).
+        pixel_values: ``[N, 3, H, W]`` preprocessed training images; ``captions``: per image its caption, or a
+            tuple of phrasings of it (the first is the caption; each step draws one, as web captions vary).
+        corpus: every text of the world (the caption tower's vocabulary).
 
     Returns:
         ``(dual_encoder, caption_vocabulary)`` in eval mode.
@@ -111,18 +112,19 @@ def train_vision(pixel_values: torch.Tensor, captions: list[str], corpus: list[s
     torch.manual_seed(cfg.seed)
     vocabulary = CaptionVocabulary(corpus)
     model = DualEncoder(clip_vision_config(cfg, pixel_values.shape[-1]), len(vocabulary), cfg.embed)
-    caption_ids = vocabulary.encode(captions)
-    label_of = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    labels = torch.tensor([label_of[c] for c in captions])
+    variants = [(c,) if isinstance(c, str) else tuple(c) for c in captions]
+    label_of = {caption: i for i, caption in enumerate(dict.fromkeys(v[0] for v in variants))}
+    labels = torch.tensor([label_of[v[0]] for v in variants])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.steps))
     rng = random.Random(cfg.seed)
     model.train()
     bar = tqdm(range(cfg.steps), desc="vision encoder", disable=not progress, leave=False)
     for _ in bar:
-        rows = torch.tensor(rng.sample(range(len(captions)), min(cfg.batch_size, len(captions))))
+        picked = rng.sample(range(len(variants)), min(cfg.batch_size, len(variants)))
+        rows = torch.tensor(picked)
         images = model.encode_images(pixel_values[rows])
-        texts = model.captions(caption_ids[rows])
+        texts = model.captions(vocabulary.encode([rng.choice(variants[i]) for i in picked]))
         logits = model.log_scale.exp() * images @ texts.T  # [B, B]
         same = (labels[rows][:, None] == labels[rows][None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
