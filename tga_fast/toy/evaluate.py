@@ -4,7 +4,7 @@ group of concepts (seen by the alignments, held out of them, seen concepts in a 
 accuracy (an exact match with the world's answer). Every rate's interval is clustered by concept
 (:meth:`Rate.clustered`): the questions about one concept's images are paraphrases of one request, and the
 verdicts come in blocks per concept, so they are not independent samples. Two models evaluated on the same requests
-are compared pairwise (:func:`compare_methods`).
+are compared pairwise (:func:`compare_with`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def evaluate_condition(model, processor, samples, meta: dict, with_retrieved: bo
     out = {"outcomes": {m: {"ids": sorted(o), "values": [o[k] for k in sorted(o)]} for m, o in outcomes.items()}}
     for measure, by_id in outcomes.items():
         out[measure] = group_rates(by_id, meta, "correct" if measure == "accuracy" else "refused")
-    out["examples"] = [(r.prompt.split("USER:")[-1].strip(), r.response) for r in result.records[:: max(1, len(result.records) // 6)]][:6]
+    step = max(1, len(result.records) // 6)  # six (sample id, answer) pairs spread over the set, for the eye
+    out["examples"] = [(r.id, r.response) for r in result.records[::step]][:6]
     return out
 
 

@@ -23,7 +23,7 @@ from tga_fast.toy.cache import ModelCache, key_hash
 from tga_fast.toy.protocol import Protocol, load_protocol
 from tga_fast.toy.world import World, WorldConfig, caption_of
 
-STAGES = ("world", "text LLM", "text analyses", "vision encoder", "retrieval", "stage 1", "stage 2", "evaluation",
+STAGES = ("world", "text LLM", "vision encoder", "retrieval", "text analyses", "stage 1", "stage 2", "evaluation",
           "layer analyses")
 
 
@@ -168,16 +168,12 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     data_dir = out / "train_data"
     names = write_images(data_dir / "images", [all_images[i] for i in aligned])
 
-    def build_init():
-        model, processor = assemble_llava(llm, dual.vision, tokenizer, seed)
-        model.processor_for_save = processor
-        return model
+    def save_init(model_and_processor, folder):  # a checkpoint folder the trainer loads like a user's model
+        for part in model_and_processor:
+            part.save_pretrained(folder)
 
-    def save_init(model, folder):
-        model.save_pretrained(folder)
-        model.processor_for_save.save_pretrained(folder)
-
-    init_dir, _ = store.cached("lvlm_init", lvlm_key, build_init, save_init, lambda f: f)
+    store.cached("lvlm_init", lvlm_key, lambda: assemble_llava(llm, dual.vision, tokenizer, seed), save_init,
+                 lambda f: f)
     init_dir = store.folder("lvlm_init", lvlm_key)
     stage1_data = write_jsonl(data_dir / "stage1.jsonl", stage1_records(world, align_labels, names))
     stage1_key = {**lvlm_key, "stage1": training["stage1"], "records": key_hash({"r": stage1_data.read_text()})}
@@ -267,19 +263,9 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
 
 
 def _train_cached(store: ModelCache, kind: str, key: dict, train_into) -> Path:
-    """The folder of a trained stage: ``train_into(folder)`` writes it unless the cache has it."""
-    folder = store.folder(kind, key)
-    if (folder / "key.json").exists():
-        return folder
-
-    def build():
-        return kind
-
-    def save(_, partial):
-        train_into(partial)
-
-    store.cached(kind, key, build, save, lambda f: f)
-    return folder
+    """The folder of a trained stage: ``train_into(folder)`` trains into it unless the cache has it."""
+    store.cached(kind, key, build=lambda: None, save=lambda _, partial: train_into(partial), load=lambda f: f)
+    return store.folder(kind, key)
 
 
 def _safety_layers(safety: dict, num_layers: int) -> tuple[tuple[int, ...], str]:
