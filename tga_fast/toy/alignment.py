@@ -121,7 +121,8 @@ def run_stage(model_dir, data_path, image_folder, out_dir, *, stage: int, settin
     )
     quiet = logging.getLogger("tga_fast.training")
     level = quiet.level
-    quiet.setLevel(logging.WARNING if not progress else level)
+    if not progress:  # the trainer's warnings (e.g. layer 0 is an input-level alignment) are in the protocol
+        quiet.setLevel(max(logging.ERROR, quiet.getEffectiveLevel()))
     try:
         if progress:
             return train(model, data, tga, args)
