@@ -304,3 +304,70 @@ def test_training_step_reaches_the_projector(family, tmp_path):
         model.requires_grad_(True)
         model.eval()
         processor.tokenizer.padding_side = "left"
+
+
+@pytest.mark.slow
+def test_attention_shares_equal_eager_output_attentions(family):
+    """The share of the last position's attention on the image span, per block and head, vs eager
+    ``output_attentions`` under the family's own mask (fp32 softmax either way: 1e-5)."""
+    from tga_fast.models import attention_shares
+
+    model, eager, _, batch, spans = family
+    length = batch["input_ids"].shape[1]
+    key_set = spans.mask(length, "image")
+    rows = torch.full((key_set.shape[0], 1), length - 1)  # left padding: the last position is real
+    with torch.no_grad():
+        with attention_shares(model, key_set, rows) as shares:
+            model(**batch)
+        attentions = eager_reference(model, eager, batch, output_attentions=True).attentions  # N x [B, H, T, T]
+    for block, attention in enumerate(attentions, start=1):
+        expected = (attention[:, :, -1, :] * key_set[:, None, :]).sum(-1)[..., None]  # [B, H, 1]
+        torch.testing.assert_close(shares.share[block - 1], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_skip_layers_passes_the_input_through(family):
+    from tga_fast.models import skip_layers
+
+    model, _, _, batch, _ = family
+    with torch.no_grad(), skip_layers(model, [2]):
+        (before,) = _block_inputs(model, 1, lambda: model(**batch))
+        (after,) = _block_inputs(model, 2, lambda: model(**batch))
+    assert torch.equal(before, after)
+
+
+@pytest.mark.slow
+def test_analyses_run(family, tmp_path):
+    """attention_share, modality_similarity and safety_layers run end to end on the family's own prompts (image
+    and text conditions, padded batches) and give finite curves."""
+    from tests.analysis.conftest import write_eval_set
+    from tga_fast.analysis import attention_share, modality_similarity, safety_layers
+    from tga_fast.evaluation.data import load_eval_set
+
+    model, _, processor, _, _ = family
+    samples = load_eval_set(write_eval_set(tmp_path)).samples
+    share = attention_share(model, processor, samples, batch_size=3, progress=False)
+    similarity = modality_similarity(model, processor, samples[:3], batch_size=3, progress=False)
+    layers = safety_layers(model, processor, samples, batch_size=4, max_new_tokens=2, progress=False)
+    for result in (share, similarity):
+        assert result.to_json()
+    assert layers.verdict
+
+
+@pytest.mark.slow
+def test_load_model_and_lora_targets(family, tmp_path):
+    """A saved tiny checkpoint of the family loads through ``load_model`` (processor included, offline) into the
+    same logits; LoRA finds its default targets in the decoder blocks."""
+    from tga_fast.models.loading import load_model
+    from tga_fast.training.lora import lora_target_regex
+
+    model, _, processor, batch, _ = family
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_model(tmp_path, device="cpu", dtype="float32")
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+    again = loaded_processor(text=["USER: hi ASSISTANT:"], return_tensors="pt")
+    assert again["input_ids"].shape[0] == 1
+    assert "q_proj" in lora_target_regex(loaded)

@@ -5,7 +5,9 @@ matrix (``tests/models/test_families.py``) and any example runs over every famil
 one entry here plus one adapter entry in ``tga_fast/models/adapters.py``.
 
 Each processor is transformers' own processor class over the offline byte-level BPE of ``tiny.py`` (with the
-family's special tokens added) and the family's PIL ("slow") image processor: torchvision is not needed.
+family's special tokens added) and the family's PIL ("slow") image processor: torchvision is not needed. Qwen2-VL
+and Qwen2.5-VL use :class:`~tga_fast.models.qwen_vl_processor.ImageOnlyQwenVLProcessor` (transformers 5.24 builds
+their processors only with torchvision).
 
     model, processor = tiny_family("qwen2_vl")
     model, processor = TINY_FAMILIES["gemma3"].build(attn_implementation="eager")
@@ -19,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from tga_fast.models.qwen_vl_processor import ImageOnlyQwenVLProcessor
 from tga_fast.models.tiny import _bpe_tokenizer
 
 __all__ = ["TINY_FAMILIES", "TinyFamily", "family_chat_template", "tiny_family"]
@@ -68,71 +71,6 @@ def _finish(model, attn_implementation: str, seed: int):
 _QWEN_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-class OfflineQwenVLProcessor:
-    """Qwen2-VL's processor for images, without its video processor.
-
-    transformers 5.24's ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` cannot be built without torchvision (their
-    video processor class is looked up at construction, 2026-12, transformers 5.24), which this machine lacks. This
-    class does what they do for text and images: each ``image_token`` of the text becomes
-    ``prod(image_grid_thw) // merge_size**2`` copies (the merged patches the model scatters in), the tokenizer
-    runs on the expanded text, and ``mm_token_type_ids`` marks the image tokens (1) for the 3-D positions. It
-    returns the replacement offsets as the ProcessorMixin does (``return_text_replacement_offsets=True``).
-    """
-
-    def __init__(self, image_processor, tokenizer, chat_template: str | None = None):
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-        self.image_token = tokenizer.image_token
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.chat_template = chat_template or tokenizer.chat_template
-
-    def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
-    def __call__(self, text=None, images=None, return_text_replacement_offsets: bool = False, **kwargs):
-        from transformers import BatchFeature
-
-        texts = [text] if isinstance(text, str) else list(text)
-        image_inputs, counts = {}, []
-        if images is not None:
-            flat = [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
-            image_inputs = dict(self.image_processor(flat, return_tensors="pt"))
-            merge = self.image_processor.merge_size ** 2
-            counts = (image_inputs["image_grid_thw"].prod(dim=-1) // merge).tolist()
-        placed = sum(t.count(self.image_token) for t in texts)
-        if placed != len(counts):
-            raise ValueError(f"{placed} {self.image_token} in the texts but {len(counts)} images")
-        expanded, offsets, remaining = [], [], iter(counts)
-        for sample in texts:
-            pieces, sample_offsets, cursor, shift = [], [], 0, 0
-            at = sample.find(self.image_token)
-            while at >= 0:
-                replacement = self.image_token * next(remaining)
-                pieces += [sample[cursor:at], replacement]
-                end = at + len(self.image_token)
-                sample_offsets.append({"type": "image", "span": (at, end),
-                                       "new_span": (at + shift, at + shift + len(replacement))})
-                shift += len(replacement) - len(self.image_token)
-                cursor = end
-                at = sample.find(self.image_token, cursor)
-            pieces.append(sample[cursor:])
-            expanded.append("".join(pieces))
-            offsets.append(sample_offsets)
-        encoded = self.tokenizer(expanded, **kwargs)
-        ids = encoded["input_ids"]
-        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(ids)
-        encoded["mm_token_type_ids"] = (ids == self.image_token_id).to(ids.dtype)
-        data = {**encoded, **image_inputs}
-        if return_text_replacement_offsets:
-            data["text_replacement_offsets"] = offsets
-        return BatchFeature(data, skip_tensor_conversion=["text_replacement_offsets"])
-
-
 def _qwen_vl(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     import transformers as tf
 
@@ -174,7 +112,7 @@ def _qwen_vl(family: str, attn_implementation: str = "sdpa", seed: int = 0):
             **tokens,
         )
         model_class = tf.Qwen2_5_VLForConditionalGeneration
-    processor = OfflineQwenVLProcessor(image_processor, tokenizer)
+    processor = ImageOnlyQwenVLProcessor(image_processor, tokenizer)
     torch.manual_seed(seed)
     return _finish(model_class(config), attn_implementation, seed), processor
 
