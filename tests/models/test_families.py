@@ -89,6 +89,10 @@ def own_mask(model, batch, blocked=None) -> torch.Tensor:
         image = batch["input_ids"] == resolve(model).image_token_id
         # One image per sample here: its tokens form one block that sees itself.
         visible = visible | (image[:, :, None] & image[:, None, :])
+    elif arch.attention_mask == "prefix":
+        # token_type_ids 0 = the prefix, one block that sees itself; padding stays invisible.
+        prefix = (batch["token_type_ids"] == 0) & valid
+        visible = visible | (prefix[:, :, None] & prefix[:, None, :])
     elif arch.attention_mask != "causal":
         raise NotImplementedError(arch.attention_mask)
     if blocked is not None:
@@ -226,7 +230,10 @@ def test_steer_in_generate_leaves_decoding_rows_alone(family):
                                                                 min_new_tokens=3, pad_token_id=pad))
     prefill, steps = seen[0], seen[1:]
     assert len(steps) == 2 and all(step.shape[1] == 1 for step in steps)
-    assert torch.equal(prefill[:, :3] - prefill[:, :3], torch.zeros_like(prefill[:, :3]))
+    with torch.no_grad():
+        (plain,) = _block_inputs(model, 0, lambda: model(**batch))
+    assert torch.equal(prefill[:, 3:], plain[:, 3:])
+    torch.testing.assert_close(prefill[:, :3], plain[:, :3] + 1, atol=1e-5, rtol=0)
     embed = parts.input_embeddings
     for step in steps:
         # The embedding layer's output for these tokens (with the family's own scaling, e.g. Gemma's sqrt(D)).
@@ -258,8 +265,10 @@ def test_generate_with_knockout_matches_the_eager_reference(family):
     full["input_ids"] = out.sequences
     extend = lambda t, value: torch.cat([t, t.new_full((t.shape[0], steps), value)], dim=1)  # noqa: E731
     full["attention_mask"] = extend(batch["attention_mask"], 1)
-    for name in resolve(model).architecture.token_inputs:
-        full[name] = extend(batch[name], 0)
+    arch = resolve(model).architecture
+    for name in arch.token_inputs:
+        # Generated tokens are text (0), and for a prefix-LM the answer after the prefix (token type 1).
+        full[name] = extend(batch[name], int(arch.attention_mask == "prefix" and name == "token_type_ids"))
     full_blocked = torch.cat([blocked, torch.zeros(blocked.shape[0], steps, dtype=torch.bool)], dim=1)
     with torch.no_grad():
         reference = eager_reference(model, eager, full, full_blocked).logits
@@ -368,6 +377,48 @@ def test_load_model_and_lora_targets(family, tmp_path):
     assert type(loaded) is type(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
-    again = loaded_processor(text=["USER: hi ASSISTANT:"], return_tensors="pt")
-    assert again["input_ids"].shape[0] == 1
+    assert type(loaded_processor) is type(processor)
+    text = "USER: hi ASSISTANT:"
+    assert loaded_processor.tokenizer(text)["input_ids"] == processor.tokenizer(text)["input_ids"]
     assert "q_proj" in lora_target_regex(loaded)
+
+
+@pytest.mark.slow
+def test_training_logits_are_causal_on_the_answer(family, tmp_path):
+    """The student pass the trainer runs (its own inputs, ``token_type_ids`` of a prefix-LM included): changing
+    the last answer token changes no logit before it, so no answer token sees the ones it predicts."""
+    from tests.training.make_data import write_llava_data
+    from tga_fast.training.collator import TGACollator
+    from tga_fast.training.config import TGAConfig, TrainConfig
+    from tga_fast.training.data import TGADataset
+    from tga_fast.training.trainer import TGATrainer
+
+    model, _, processor, _, _ = family
+    processor.tokenizer.padding_side = "right"
+    try:
+        dataset = TGADataset(write_llava_data(tmp_path, count=4, bad_records=False), processor, progress=False)
+        tga = TGAConfig(target_layers=[1])
+        trainer = TGATrainer(
+            model=model, args=TrainConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none"),
+            train_dataset=dataset, data_collator=TGACollator(processor), tga=tga, target_layers=tga.target_layers,
+        )
+        item = next(dataset[i] for i in range(len(dataset)) if dataset.records[i].image is not None)
+        batch = TGACollator(processor)([item])
+        seen = []
+        handle = model.register_forward_hook(lambda m, args, kwargs, out: seen.append(out.logits), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                trainer.compute_loss(model, dict(batch))
+                answer = (batch["labels"][0] != -100).nonzero()[:, 0]
+                last = int(answer[-1])
+                changed = dict(batch, input_ids=batch["input_ids"].clone())
+                other = processor.tokenizer(" cat", add_special_tokens=False)["input_ids"][0]  # an ordinary word
+                other = other if other != int(batch["input_ids"][0, last]) else other + 1
+                changed["input_ids"][0, last] = other
+                trainer.compute_loss(model, changed)
+        finally:
+            handle.remove()
+        student, student_changed = seen  # the teacher pass stops before the LM head
+        torch.testing.assert_close(student[0, :last], student_changed[0, :last], atol=0, rtol=0)
+    finally:
+        processor.tokenizer.padding_side = "left"

@@ -101,6 +101,9 @@ _GEMMA3 = Architecture(
     attention_mask="image_block",
     token_inputs=("token_type_ids",),
 )
+# PaliGemma: the image tokens first, then BOS and the prompt; a prefix-LM mask (``token_type_ids`` 0 = prefix,
+# seen bidirectionally; 1 = the answer, causal).
+_PALIGEMMA = replace(_GEMMA3, attention_mask="prefix")
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _DECODER_ONLY,
@@ -112,6 +115,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
     "gemma3": _GEMMA3,
+    "paligemma": _PALIGEMMA,
     # ---- part B ----
 }
 

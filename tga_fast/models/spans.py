@@ -219,6 +219,47 @@ def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements) -> dic
     return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
 
 
+def _encode_text_only(processor, texts: Sequence[str], call_kwargs: dict):
+    """A batch without images: through the processor, or through its tokenizer where the processor refuses text
+    alone (PaliGemma's raises "images are expected"); the tokenizer then also gives the ``token_type_ids`` the
+    processor would (all 0: the whole prompt is PaliGemma's prefix)."""
+    try:
+        return processor(text=list(texts), **call_kwargs)
+    except ValueError:
+        tokenizer = tokenizer_of(processor)
+        if tokenizer is processor:
+            raise
+    wants_types = "token_type_ids" in getattr(processor, "model_input_names", ())
+    return tokenizer(list(texts), return_token_type_ids=wants_types, **call_kwargs)
+
+
+def _laid_out_texts(processor, texts: Sequence[str], images) -> list[str]:
+    """The prompts as the processor expands them: after its ``prepare_inputs_layout`` (transformers 5.x
+    ProcessorMixin; the texts unchanged for a processor without one)."""
+    layout = getattr(processor, "prepare_inputs_layout", None)
+    if layout is None:
+        return list(texts)
+    laid = layout(images=[[image] for image in images], text=list(texts))[1]
+    return [laid] if isinstance(laid, str) else list(laid)
+
+
+def _follow_layout(text: str, laid: str, ranges: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Character ranges of ``text`` moved into ``laid``, the same text with insertions only: each non-empty piece
+    is found again at or after its old start (insertions only move text right)."""
+    if laid == text:
+        return dict(ranges)
+    moved = {}
+    for name, (start, end) in ranges.items():
+        if end <= start:
+            moved[name] = (start, end)
+            continue
+        found = laid.find(text[start:end], start)
+        if found < 0:
+            raise ValueError(f"the processor rewrote the prompt and piece {name!r} is no longer in it")
+        moved[name] = (found, found + end - start)
+    return moved
+
+
 def encode_with_spans(
     processor,
     texts: Sequence[str],
@@ -253,9 +294,15 @@ def encode_with_spans(
         batch = processor(text=list(texts), images=[[image] for image in images],
                           return_text_replacement_offsets=True, **call_kwargs)
     else:
-        batch = processor(text=list(texts), **call_kwargs)
+        batch = _encode_text_only(processor, texts, call_kwargs)
     offsets = batch.pop("offset_mapping")
     replacements = batch.pop("text_replacement_offsets", None)
+    batch.pop("labels", None)  # PaliGemma's processor adds all-ignored labels: a prompt has none
+    if images is not None:
+        # Where the processor rewrote a prompt before expanding it (PaliGemma adds BOS after the image and a
+        # newline at the end), the pieces move with the inserted text.
+        pieces = [_follow_layout(text, laid, sample) for text, laid, sample in
+                  zip(texts, _laid_out_texts(processor, texts, images), pieces)]
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     tokenizer = tokenizer_of(processor)
     placeholder = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)

@@ -154,6 +154,37 @@ def _gemma3(attn_implementation: str = "sdpa", seed: int = 0):
     return _finish(tf.Gemma3ForConditionalGeneration(config), attn_implementation, seed), processor
 
 
+# ---- paligemma (part A) ------------------------------------------------------------------------------------------
+# SigLIP on 32x32 images in 8x8 patches: 16 image tokens, put first by the processor ("<image>" x 16 + BOS +
+# prompt + "\n"); a Gemma text model. The processor adds <image> and its 1152 <loc>/<seg> tokens to the tokenizer.
+
+
+def _paligemma(attn_implementation: str = "sdpa", seed: int = 0):
+    import transformers as tf
+
+    tokenizer = _tokenizer(("<image>",), {"image_token": "<image>"}, "<image>")
+    image_processor = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    image_processor.image_seq_length = 16  # what PaliGemmaProcessor reads (a real checkpoint's config has it)
+    processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                      chat_template=tokenizer.chat_template)
+    text = tf.GemmaConfig(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    vision = tf.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=HIDDEN,
+    )
+    config = tf.PaliGemmaConfig(
+        text_config=text, vision_config=vision, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=HIDDEN, hidden_size=HIDDEN, vocab_size=len(tokenizer), tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return _finish(tf.PaliGemmaForConditionalGeneration(config), attn_implementation, seed), processor
+
+
 @dataclass(frozen=True)
 class TinyFamily:
     """One family of the test matrix.
@@ -174,6 +205,7 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "qwen2_vl": TinyFamily("qwen2_vl", lambda **kw: _qwen_vl("qwen2_vl", **kw)),
     "qwen2_5_vl": TinyFamily("qwen2_5_vl", lambda **kw: _qwen_vl("qwen2_5_vl", **kw)),
     "gemma3": TinyFamily("gemma3", _gemma3),
+    "paligemma": TinyFamily("paligemma", _paligemma),
     # ---- part B ----
 }
 
