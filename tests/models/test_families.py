@@ -347,10 +347,16 @@ def test_skip_layers_passes_the_input_through(family):
 
 @pytest.mark.slow
 def test_analyses_run(family, tmp_path):
-    """attention_share, modality_similarity and safety_layers run end to end on the family's own prompts (image
-    and text conditions, padded batches) and give finite curves."""
+    """The five analyses run end to end on the family's own prompts (image and text conditions, padded batches,
+    generation under knockout and steering)."""
     from tests.analysis.conftest import write_eval_set
-    from tga_fast.analysis import attention_share, modality_similarity, safety_layers
+    from tga_fast.analysis import (
+        attention_share,
+        knockout_sweep,
+        modality_similarity,
+        safety_layers,
+        steering_sweep,
+    )
     from tga_fast.evaluation.data import load_eval_set
 
     model, _, processor, _, _ = family
@@ -358,7 +364,11 @@ def test_analyses_run(family, tmp_path):
     share = attention_share(model, processor, samples, batch_size=3, progress=False)
     similarity = modality_similarity(model, processor, samples[:3], batch_size=3, progress=False)
     layers = safety_layers(model, processor, samples, batch_size=4, max_new_tokens=2, progress=False)
-    for result in (share, similarity):
+    toxic = [s for s in samples if s.toxic][:2]
+    knocked = knockout_sweep(model, processor, toxic, batch_size=2, window=2, max_new_tokens=2, progress=False)
+    steered = steering_sweep(model, processor, toxic, batch_size=2, window=2, controls=(), max_new_tokens=2,
+                             progress=False)
+    for result in (share, similarity, knocked, steered):
         assert result.to_json()
     assert layers.verdict
 
@@ -422,3 +432,14 @@ def test_training_logits_are_causal_on_the_answer(family, tmp_path):
         torch.testing.assert_close(student[0, :last], student_changed[0, :last], atol=0, rtol=0)
     finally:
         processor.tokenizer.padding_side = "left"
+
+
+def test_env_lists_every_family_with_what_runs():
+    from tga_fast.diagnostics import model_family_lines
+    from tga_fast.models.adapters import ARCHITECTURES
+
+    lines = model_family_lines()
+    listed = {line.split()[0]: line for line in lines[1:]}
+    assert set(listed) == set(ARCHITECTURES)
+    assert set(TINY_FAMILIES) <= set(ARCHITECTURES)  # every tiny family has its adapter entry
+    assert "token_type_ids" in listed["gemma3"] and "image_block" in listed["gemma3"]
