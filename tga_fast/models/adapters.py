@@ -124,7 +124,6 @@ def supported_model_types() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-
 @dataclass
 class ModelParts:
     """The resolved modules of one model. Layer k in HF numbering (``hidden_states[k]``) is the input of

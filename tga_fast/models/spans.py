@@ -220,15 +220,20 @@ def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements) -> dic
 
 
 def _encode_text_only(processor, texts: Sequence[str], call_kwargs: dict):
-    """A batch without images: through the processor, or through its tokenizer where the processor refuses text
-    alone (PaliGemma's raises "images are expected"); the tokenizer then also gives the ``token_type_ids`` the
-    processor would (all 0: the whole prompt is PaliGemma's prefix)."""
+    """A batch without images: through the processor, or through its tokenizer where the processor's input check
+    refuses text alone (PaliGemma's ``validate_inputs`` raises "images are expected"); the tokenizer then also
+    gives the ``token_type_ids`` the processor would (all 0: the whole prompt is PaliGemma's prefix)."""
+    tokenizer = tokenizer_of(processor)
+    validate = getattr(processor, "validate_inputs", None)
+    placeholder = getattr(processor, "image_token", None)
+    if tokenizer is processor or validate is None or (placeholder and any(placeholder in t for t in texts)):
+        return processor(text=list(texts), **call_kwargs)  # (a placeholder without an image: the processor says so)
     try:
-        return processor(text=list(texts), **call_kwargs)
+        validate(images=None, text=list(texts))
     except ValueError:
-        tokenizer = tokenizer_of(processor)
-        if tokenizer is processor:
-            raise
+        pass  # only the input check: any error of the encoding itself is raised below
+    else:
+        return processor(text=list(texts), **call_kwargs)
     wants_types = "token_type_ids" in getattr(processor, "model_input_names", ())
     return tokenizer(list(texts), return_token_type_ids=wants_types, **call_kwargs)
 
