@@ -62,6 +62,8 @@ def test_family_resolves_and_finds_the_image_span(family):
     tokenizer = family[2].tokenizer
     question = spans["question"][0]
     assert tokenizer.decode(batch["input_ids"][0, question[0] : question[1]]).strip() == PROMPTS[0].question
+    retrieved = spans["retrieved"][0]
+    assert retrieved[1] <= image[0, 0] < image[0, 1] <= question[0]  # content order kept: retrieved, image, question
 
 
 def test_image_runs_hull_covers_the_break_tokens():
@@ -443,3 +445,14 @@ def test_env_lists_every_family_with_what_runs():
     assert set(listed) == set(ARCHITECTURES)
     assert set(TINY_FAMILIES) <= set(ARCHITECTURES)  # every tiny family has its adapter entry
     assert "token_type_ids" in listed["gemma3"] and "image_block" in listed["gemma3"]
+
+
+@pytest.mark.slow
+def test_logit_lens_at_the_last_layer_is_the_models_logits(family):
+    """capture's logit lens at layer N (final norm once, the family's soft-capping) equals the model's own
+    next-token logits: the same tensors through the same head, fp32 (1e-5)."""
+    model, _, _, batch, spans = family
+    parts = resolve(model)
+    with torch.no_grad(), capture(model, [1, parts.num_layers], spans, logit_lens=True) as cap:
+        logits = model(**batch).logits
+    torch.testing.assert_close(cap.logits[-1], logits[:, -1].float(), atol=1e-5, rtol=1e-5)
