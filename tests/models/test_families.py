@@ -456,3 +456,56 @@ def test_logit_lens_at_the_last_layer_is_the_models_logits(family):
     with torch.no_grad(), capture(model, [1, parts.num_layers], spans, logit_lens=True) as cap:
         logits = model(**batch).logits
     torch.testing.assert_close(cap.logits[-1], logits[:, -1].float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_step_trains_the_adapters_and_the_projector(family, tmp_path):
+    """Stage 2 with LoRA (a copy of the shared model: peft injects its layers in place): adapters go only into
+    the LLM's decoder blocks, and one TGATrainer loss reaches the adapters and the projector, nothing else."""
+    from tests.training.make_data import write_llava_data
+    from tga_fast.training.collator import TGACollator
+    from tga_fast.training.config import ModelConfig, TGAConfig, TrainConfig
+    from tga_fast.training.data import TGADataset
+    from tga_fast.training.lora import apply_lora
+    from tga_fast.training.stages import freeze_for_stage
+    from tga_fast.training.trainer import TGATrainer
+
+    shared, _, processor, _, _ = family
+    model = copy.deepcopy(shared)
+    parts = resolve(model)
+    freeze_for_stage(model, train_llm=False)
+    peft_model = apply_lora(model, ModelConfig(train_llm=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.0))
+    in_llm = {id(m) for m in parts.decoder_layers.modules()}
+    adapted = [m for name, m in peft_model.named_modules() if hasattr(m, "lora_A")]
+    assert adapted and all(id(m) in in_llm for m in adapted)
+    processor.tokenizer.padding_side = "right"
+    try:
+        dataset = TGADataset(write_llava_data(tmp_path, count=4, bad_records=False), processor, progress=False)
+        tga = TGAConfig(target_layers=[1, 2])
+        trainer = TGATrainer(
+            model=peft_model.train(), args=TrainConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none"),
+            train_dataset=dataset, data_collator=TGACollator(processor), tga=tga, target_layers=tga.target_layers,
+        )
+        items = [dataset[i] for i in range(len(dataset)) if dataset.records[i].image is not None][:2]
+        trainer.compute_loss(peft_model, dict(TGACollator(processor)(items))).backward()
+    finally:
+        processor.tokenizer.padding_side = "left"
+    projector = {id(p) for p in parts.projector.parameters()}
+    for name, p in peft_model.named_parameters():
+        trains = "lora_" in name or id(p) in projector
+        assert p.requires_grad == trains, name
+        if trains and "lora_A" not in name:  # lora_B starts at zero, so lora_A's first gradient is zero
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.slow
+def test_the_image_reaches_the_llm_at_its_span(family):
+    """Other pixels change ``hidden_states[0]`` on the image span and nowhere else: the projector's output is
+    scattered exactly into the image tokens (a zero-initialised projector would make every image alike)."""
+    model, _, _, batch, spans = family
+    other = dict(batch, pixel_values=batch["pixel_values"].flip(0) + 0.5)
+    with torch.no_grad():
+        (first,) = _block_inputs(model, 0, lambda: model(**batch))
+        (second,) = _block_inputs(model, 0, lambda: model(**other))
+    changed = (first - second).abs().amax(-1) > 0  # [B, T]
+    assert torch.equal(changed, spans.mask(changed.shape[1], "image"))

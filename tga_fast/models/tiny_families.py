@@ -151,7 +151,12 @@ def _gemma3(attn_implementation: str = "sdpa", seed: int = 0):
     processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
                                    chat_template=tokenizer.chat_template)
     torch.manual_seed(seed)
-    return _finish(tf.Gemma3ForConditionalGeneration(config), attn_implementation, seed), processor
+    model = tf.Gemma3ForConditionalGeneration(config)
+    # Gemma 3 initialises its image projection to zeros (every image token would embed to 0 and no gradient would
+    # reach the norm before it); a trained checkpoint's is not.
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=HIDDEN**-0.5)
+    return _finish(model, attn_implementation, seed), processor
 
 
 # ---- paligemma (part A) ------------------------------------------------------------------------------------------
