@@ -349,8 +349,8 @@ def test_skip_layers_passes_the_input_through(family):
 
 @pytest.mark.slow
 def test_analyses_run(family, tmp_path):
-    """The five analyses run end to end on the family's own prompts (image and text conditions, padded batches,
-    generation under knockout and steering)."""
+    """The five analyses and the DSR evaluation (image with retrieved text, text) run end to end on the family's
+    own prompts (image and text conditions, padded batches, generation under knockout and steering)."""
     from tests.analysis.conftest import write_eval_set
     from tga_fast.analysis import (
         attention_share,
@@ -360,6 +360,7 @@ def test_analyses_run(family, tmp_path):
         steering_sweep,
     )
     from tga_fast.evaluation.data import load_eval_set
+    from tga_fast.evaluation.dsr import evaluate_dsr
 
     model, _, processor, _, _ = family
     samples = load_eval_set(write_eval_set(tmp_path)).samples
@@ -370,7 +371,11 @@ def test_analyses_run(family, tmp_path):
     knocked = knockout_sweep(model, processor, toxic, batch_size=2, window=2, max_new_tokens=2, progress=False)
     steered = steering_sweep(model, processor, toxic, batch_size=2, window=2, controls=(), max_new_tokens=2,
                              progress=False)
-    for result in (share, similarity, knocked, steered):
+    dsr = evaluate_dsr(model, processor, samples, condition="image", with_retrieved=True, batch_size=3,
+                       max_new_tokens=2, progress=False)
+    text_dsr = evaluate_dsr(model, processor, samples, condition="text", batch_size=3, max_new_tokens=2,
+                            progress=False)
+    for result in (share, similarity, knocked, steered, dsr, text_dsr):
         assert result.to_json()
     assert layers.verdict
 

@@ -32,8 +32,10 @@ def knockout(model: nn.Module, blocks: Iterable[int], blocked: torch.Tensor) -> 
     """Blocks attention to the ``blocked`` tokens' keys (bool ``[B, T_prompt]``) from every later query at the
     decoder blocks ``blocks`` (1..N: block k produces ``hidden_states[k]``). Padding semantics are kept (the mask's
     padded keys stay invisible); a sliding-window mask is not applied in the knocked-out blocks of a causal
-    family. A family whose own mask is not causal (the adapter's ``attention_mask``: Gemma 3's image block) keeps
-    its mask, and a blocked key is hidden from every query but its own.
+    family. A family whose own mask is not causal (the adapter's ``attention_mask``: Gemma 3's image block,
+    PaliGemma's prefix) keeps its mask, sliding window included, and a blocked key is hidden from every query but
+    its own; key j is taken to be position j, so a sliding-window cache that has dropped prompt keys (a prompt
+    longer than Gemma 3's window) is not supported there.
 
     Nests with other knockouts (a block knocked out twice hides both key sets) and with ``attention_shares`` (the
     probe records the knocked-out attention), in any order."""
