@@ -1,11 +1,13 @@
 """The test matrix over the VLM families of ``tga_fast.models.tiny_families.TINY_FAMILIES``.
 
-Per family: a cheap smoke (adapter parts, image span = the processor's expanded image tokens), and, marked slow,
-capture vs pooled ``output_hidden_states`` (fp32, bf16), knockout vs an explicit additive mask in eager attention,
-steering touching exactly the chosen rows (also during ``generate``), a TGATrainer step whose gradient reaches the
-projector, and ``generate`` under knockout vs the eager reference. Adding a family is one registry entry in
-``tiny_families.py`` plus its adapter entry; the family's own mask and positions come from the adapter data and
-the registry, never from this file.
+Per family, a cheap smoke in the fast loop (adapter parts, image span = the processor's expanded image tokens,
+text pieces on their tokens, content order) and, marked slow: capture vs pooled ``output_hidden_states`` (fp32,
+bf16), the logit lens at layer N vs the model's logits, knockout vs an explicit additive mask in eager attention
+(the family's own mask included) in a forward and in ``generate``, steering touching exactly the chosen rows (and
+no decoding step), ``attention_shares`` vs eager ``output_attentions``, ``skip_layers``, the image reaching the LLM
+at its span, the five analyses and DSR, a TGATrainer stage-2 step (full and LoRA) reaching the projector with
+causal answer logits, and ``load_model`` on a saved checkpoint. Adding a family is one registry entry in
+``tiny_families.py`` plus its adapter entry: its mask and inputs come from the adapter data, never from this file.
 """
 
 from __future__ import annotations
@@ -110,19 +112,20 @@ def eager_reference(model, eager, batch, blocked=None, **extra):
     visible = own_mask(model, batch, blocked)
     additive = torch.zeros(visible.shape, dtype=torch.float32).masked_fill(~visible, torch.finfo(torch.float32).min)
     inputs = dict(batch)
-    position_ids = getattr(model.model, "get_rope_index", None)
-    if position_ids is not None:  # Qwen's 3-D positions are computed from the 2-D mask: give them explicitly
-        inputs["position_ids"] = position_ids(
+    rope_index = getattr(model.model, "get_rope_index", None)
+    if rope_index is not None:  # Qwen's 3-D positions come from the 2-D mask: computed by the model, given explicitly
+        inputs["position_ids"] = rope_index(
             batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
             attention_mask=batch["attention_mask"],
         )[0]
-    mapping = getattr(model.config.get_text_config(), "layer_types", None)
-    inputs["attention_mask"] = {kind: additive for kind in set(mapping)} if mapping and resolve(
-        model).architecture.attention_mask != "causal" else additive
+    # Gemma-style models take a {layer type: mask} mapping as given (else they build their own non-causal masks).
+    layer_types = set(getattr(model.config.get_text_config(), "layer_types", None) or ())
+    non_causal = resolve(model).architecture.attention_mask != "causal"
+    inputs["attention_mask"] = {kind: additive for kind in layer_types} if layer_types and non_causal else additive
     return eager(**inputs, **extra)
 
 
-def last_blocks(model) -> list[int]:
+def every_block(model) -> list[int]:
     return list(range(1, resolve(model).num_layers + 1))
 
 
@@ -163,7 +166,7 @@ def test_knockout_equals_eager_with_an_explicit_mask(family):
     model, eager, _, batch, spans = family
     blocked = spans.mask(batch["input_ids"].shape[1], "question")
     with torch.no_grad():
-        with knockout(model, last_blocks(model), blocked):
+        with knockout(model, every_block(model), blocked):
             got = model(**batch).logits
         expected = eager_reference(model, eager, batch, blocked).logits
         plain = model(**batch).logits
@@ -258,7 +261,7 @@ def test_generate_with_knockout_matches_the_eager_reference(family):
     model, eager, processor, batch, spans = family
     blocked = spans.mask(batch["input_ids"].shape[1], "question")
     steps = 3
-    with torch.no_grad(), knockout(model, last_blocks(model), blocked):
+    with torch.no_grad(), knockout(model, every_block(model), blocked):
         out = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
                              output_logits=True, return_dict_in_generate=True,
                              pad_token_id=processor.tokenizer.pad_token_id)

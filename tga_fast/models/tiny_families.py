@@ -59,7 +59,7 @@ def _tokenizer(special_tokens: tuple[str, ...], named: dict[str, str], image_tex
     return tokenizer
 
 
-def _finish(model, attn_implementation: str, seed: int):
+def _finish(model, attn_implementation: str):
     model.set_attn_implementation(attn_implementation)
     return model.eval()
 
@@ -114,7 +114,7 @@ def _qwen_vl(family: str, attn_implementation: str = "sdpa", seed: int = 0):
         model_class = tf.Qwen2_5_VLForConditionalGeneration
     processor = ImageOnlyQwenVLProcessor(image_processor, tokenizer)
     torch.manual_seed(seed)
-    return _finish(model_class(config), attn_implementation, seed), processor
+    return _finish(model_class(config), attn_implementation), processor
 
 
 # ---- gemma3 (part A) ---------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def _gemma3(attn_implementation: str = "sdpa", seed: int = 0):
     # reach the norm before it); a trained checkpoint's is not.
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=HIDDEN**-0.5)
-    return _finish(model, attn_implementation, seed), processor
+    return _finish(model, attn_implementation), processor
 
 
 # ---- paligemma (part A) ------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _paligemma(attn_implementation: str = "sdpa", seed: int = 0):
         projection_dim=HIDDEN, hidden_size=HIDDEN, vocab_size=len(tokenizer), tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _finish(tf.PaliGemmaForConditionalGeneration(config), attn_implementation, seed), processor
+    return _finish(tf.PaliGemmaForConditionalGeneration(config), attn_implementation), processor
 
 
 @dataclass(frozen=True)
