@@ -119,6 +119,32 @@ def _quantization_config(quantization: str, model_type: str, compute_dtype, opti
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, **(options or {}))
 
 
+# Families whose transformers processor needs torchvision only for videos (transformers 5.24), with tga_fast's
+# image-only stand-in: "<module>:<class>", imported on demand.
+_IMAGE_ONLY_PROCESSORS = {
+    "qwen2_vl": "tga_fast.models.qwen_vl_processor:ImageOnlyQwenVLProcessor",
+    "qwen2_5_vl": "tga_fast.models.qwen_vl_processor:ImageOnlyQwenVLProcessor",
+}
+
+
+def _load_processor(auto_processor, source: str, model_type: str, common: dict):
+    """The checkpoint's ``AutoProcessor``; where that needs torchvision (absent) for a family listed in
+    ``_IMAGE_ONLY_PROCESSORS``, its image-only stand-in (text and images behave the same; no videos)."""
+    try:
+        return auto_processor.from_pretrained(source, **common)
+    except ImportError as error:
+        if model_type not in _IMAGE_ONLY_PROCESSORS or "torchvision" not in str(error).lower():
+            raise
+    import importlib
+    import logging
+
+    module, name = _IMAGE_ONLY_PROCESSORS[model_type].split(":")
+    logging.getLogger(__name__).warning(
+        "%s: transformers' processor needs torchvision (for videos); using tga_fast's image-only %s", model_type, name
+    )
+    return getattr(importlib.import_module(module), name).from_pretrained(source, **common)
+
+
 def load_model(path, *, device: str | None = None, dtype=None, quantization: str | None = None,
                attn_implementation: str = "sdpa", quantization_options: dict | None = None,
                trust_remote_code: bool = False, place: bool = True):
@@ -169,7 +195,7 @@ def load_model(path, *, device: str | None = None, dtype=None, quantization: str
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-            processor = AutoProcessor.from_pretrained(source, **common)
+            processor = _load_processor(AutoProcessor, source, model_type, common)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -29,10 +29,18 @@ def image_token_id_of(source) -> int | None:
     or a bare tokenizer.
 
     A model: from its adapter (:func:`tga_fast.models.resolve`), else from its config. A config: its
-    ``image_token_id`` (``image_token_index`` in older LLaVA configs). A processor: its ``image_token_id``, else its
-    ``image_token`` looked up in its tokenizer.
+    ``image_token_id`` (``image_token_index`` in older LLaVA configs). A processor: its tokenizer's ``image_token``
+    (the token written into input_ids), else its ``image_token_id``, else its ``image_token`` looked up.
     """
     if is_processor(source):
+        # The token the processor writes into input_ids: the tokenizer's image token when it names one. Gemma 3's
+        # processor calls its text placeholder (<start_of_image>) its image_token; the tokens it expands to are
+        # the tokenizer's <image_soft_token>.
+        tokenizer_token = getattr(source.tokenizer, "image_token", None)
+        if tokenizer_token:
+            token_id = source.tokenizer.convert_tokens_to_ids(tokenizer_token)
+            if token_id is not None and token_id != getattr(source.tokenizer, "unk_token_id", None):
+                return int(token_id)
         token_id = getattr(source, "image_token_id", None)
         if token_id is None and getattr(source, "image_token", None):
             token_id = source.tokenizer.convert_tokens_to_ids(source.image_token)

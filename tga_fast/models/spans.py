@@ -13,6 +13,16 @@ Text pieces are located by character range in the rendered prompt, shifted past 
 placeholder, and mapped to tokens through the tokenizer's offset mapping (a token belongs to a piece when their
 character ranges overlap). The image span is the run of the model's image token in ``input_ids`` (the
 processor's own expansion). Padding and special tokens with empty offsets are never inside a span.
+
+Families whose image is several runs of image tokens (row-break or tile tokens between them; the adapter's
+``image_runs="hull"``) get one image span per sample from the first to one past the last image token, the
+tokens in between included: pooling over it averages the break/tile tokens with the patches. LLaVA-style
+families (``image_runs="one"``) keep one contiguous run, and a split run there raises (a bug, not a layout).
+
+When the processor reports where it expanded each placeholder (transformers 5.x processors:
+``return_text_replacement_offsets``), character ranges are shifted by exactly those replacements (Gemma 3's
+``"\n\n<start_of_image>...<end_of_image>\n\n"`` is not N copies of its placeholder); otherwise by
+"placeholder repeated N times" as LLaVA expands it.
 """
 
 from __future__ import annotations
@@ -109,14 +119,23 @@ def _first_last(inside: torch.Tensor) -> torch.Tensor:
     return torch.where(any_inside[..., None], spans, torch.zeros_like(spans)).to(torch.int64)
 
 
-def image_token_spans(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    """The run of image tokens of each sample: input_ids ``[B, T]`` -> int64 ``[B, 1, 2]``.
+IMAGE_RUNS = ("one", "hull")
 
-    A sample without image tokens (text-only) gets the empty span (0, 0). The run must be contiguous (one image
-    per sample); a sample with two runs raises, naming it.
+
+def image_token_spans(input_ids: torch.Tensor, image_token_id: int, image_runs: str = "one") -> torch.Tensor:
+    """The image span of each sample: input_ids ``[B, T]`` -> int64 ``[B, 1, 2]``.
+
+    A sample without image tokens (text-only) gets the empty span (0, 0). ``image_runs="one"`` (LLaVA): the run
+    must be contiguous (one image per sample); a sample with two runs raises, naming it. ``"hull"`` (families
+    with row-break or tile tokens between runs of one image): from the first to one past the last image token,
+    what lies between included.
     """
+    if image_runs not in IMAGE_RUNS:
+        raise ValueError(f"image_runs must be one of {IMAGE_RUNS}, got {image_runs!r}")
     is_image = input_ids == image_token_id
     spans = _first_last(is_image)  # [B, 2]
+    if image_runs == "hull":
+        return spans[:, None, :]
     count = is_image.sum(dim=-1)
     split = count != (spans[:, 1] - spans[:, 0])
     if bool(split.any()):
@@ -185,12 +204,74 @@ def _expand_placeholders(text: str, ranges: dict[str, tuple[int, int]], placehol
     return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
 
 
+def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements) -> dict[str, tuple[int, int]]:
+    """Shifts character ranges of the unexpanded text by the processor's replacement offsets (a list of
+    ``{"span": (start, end), "new_span": (new_start, new_end)}``, in text order): a position at or after a
+    placeholder's end moves by how much that placeholder grew."""
+
+    def shift(position: int) -> int:
+        return position + sum(
+            (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0])
+            for r in replacements
+            if r["span"][1] <= position
+        )
+
+    return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
+
+
+def _encode_text_only(processor, texts: Sequence[str], call_kwargs: dict):
+    """A batch without images: through the processor, or through its tokenizer where the processor's input check
+    refuses text alone (PaliGemma's ``validate_inputs`` raises "images are expected"); the tokenizer then also
+    gives the ``token_type_ids`` the processor would (all 0: the whole prompt is PaliGemma's prefix)."""
+    tokenizer = tokenizer_of(processor)
+    validate = getattr(processor, "validate_inputs", None)
+    placeholder = getattr(processor, "image_token", None)
+    if tokenizer is processor or validate is None or (placeholder and any(placeholder in t for t in texts)):
+        return processor(text=list(texts), **call_kwargs)  # (a placeholder without an image: the processor says so)
+    try:
+        validate(images=None, text=list(texts))
+    except ValueError:
+        pass  # only the input check: any error of the encoding itself is raised below
+    else:
+        return processor(text=list(texts), **call_kwargs)
+    wants_types = "token_type_ids" in getattr(processor, "model_input_names", ())
+    return tokenizer(list(texts), return_token_type_ids=wants_types, **call_kwargs)
+
+
+def _laid_out_texts(processor, texts: Sequence[str], images) -> list[str]:
+    """The prompts as the processor expands them: after its ``prepare_inputs_layout`` (transformers 5.x
+    ProcessorMixin; the texts unchanged for a processor without one)."""
+    layout = getattr(processor, "prepare_inputs_layout", None)
+    if layout is None:
+        return list(texts)
+    laid = layout(images=[[image] for image in images], text=list(texts))[1]
+    return [laid] if isinstance(laid, str) else list(laid)
+
+
+def _follow_layout(text: str, laid: str, ranges: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Character ranges of ``text`` moved into ``laid``, the same text with insertions only: each non-empty piece
+    is found again at or after its old start (insertions only move text right)."""
+    if laid == text:
+        return dict(ranges)
+    moved = {}
+    for name, (start, end) in ranges.items():
+        if end <= start:
+            moved[name] = (start, end)
+            continue
+        found = laid.find(text[start:end], start)
+        if found < 0:
+            raise ValueError(f"the processor rewrote the prompt and piece {name!r} is no longer in it")
+        moved[name] = (found, found + end - start)
+    return moved
+
+
 def encode_with_spans(
     processor,
     texts: Sequence[str],
     pieces: Sequence[Mapping[str, tuple[int, int]]],
     images=None,
     image_token_id: int | None = None,
+    image_runs: str = "one",
     **encode_kwargs,
 ):
     """Tokenizes a batch with a processor (or a bare tokenizer) and finds the spans of its named pieces.
@@ -202,6 +283,7 @@ def encode_with_spans(
             every sample names the same pieces.
         images: passed to the processor with the texts (one image per sample, or None for text-only batches).
         image_token_id: the model's image token; when given, an ``"image"`` span comes first.
+        image_runs: the adapter's ``image_runs`` (see :func:`image_token_spans`).
 
     Returns:
         ``(batch, spans)``: the processor's ``BatchEncoding`` (tensors, padded; no offset mapping) and ``Spans``
@@ -211,24 +293,38 @@ def encode_with_spans(
     if any(tuple(p) != names for p in pieces):
         raise ValueError(f"every sample must name the same pieces, got {[tuple(p) for p in pieces]}")
     call_kwargs = dict(return_offsets_mapping=True, padding=True, return_tensors="pt", **encode_kwargs)
-    batch = processor(text=list(texts), images=images, **call_kwargs) if images is not None else processor(
-        text=list(texts), **call_kwargs
-    )
+    if images is not None:
+        # One list per sample: processors that group images by prompt (Gemma 3) need it, the others flatten it.
+        # Replacement offsets: where each placeholder went (ProcessorMixin.__call__ of transformers 5.x).
+        batch = processor(text=list(texts), images=[[image] for image in images],
+                          return_text_replacement_offsets=True, **call_kwargs)
+    else:
+        batch = _encode_text_only(processor, texts, call_kwargs)
     offsets = batch.pop("offset_mapping")
+    replacements = batch.pop("text_replacement_offsets", None)
+    batch.pop("labels", None)  # PaliGemma's processor adds all-ignored labels: a prompt has none
+    if images is not None:
+        # Where the processor rewrote a prompt before expanding it (PaliGemma adds BOS after the image and a
+        # newline at the end), the pieces move with the inserted text.
+        pieces = [_follow_layout(text, laid, sample) for text, laid, sample in
+                  zip(texts, _laid_out_texts(processor, texts, images), pieces)]
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     tokenizer = tokenizer_of(processor)
     placeholder = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
 
     char_ranges = []
     for b, (text, sample_pieces) in enumerate(zip(texts, pieces)):
-        per_image = 1
-        if image_token_id is not None and placeholder and text.count(placeholder):
-            per_image = int((input_ids[b] == image_token_id).sum()) // text.count(placeholder)
-        expanded = _expand_placeholders(text, dict(sample_pieces), placeholder or "", per_image)
+        if replacements is not None:
+            expanded = _apply_replacements(dict(sample_pieces), replacements[b])
+        else:
+            per_image = 1
+            if image_token_id is not None and placeholder and text.count(placeholder):
+                per_image = int((input_ids[b] == image_token_id).sum()) // text.count(placeholder)
+            expanded = _expand_placeholders(text, dict(sample_pieces), placeholder or "", per_image)
         char_ranges.append([expanded[n] for n in names])
     columns = {}
     if image_token_id is not None:
-        columns["image"] = image_token_spans(input_ids, image_token_id)
+        columns["image"] = image_token_spans(input_ids, image_token_id, image_runs)
     if names:
         token_spans = char_ranges_to_token_spans(offsets, torch.tensor(char_ranges, dtype=torch.int64), attention_mask)
         columns.update({name: token_spans[:, i] for i, name in enumerate(names)})

@@ -313,6 +313,11 @@ def encode_conversation(
             labels[end : after + 1] = input_ids[end : after + 1]
     image_span = spans["image"][0] if "image" in spans.names else torch.zeros(2, dtype=torch.int64)
     student_spans = torch.stack([image_span, spans["retrieved"][0]])
-    token_inputs = {k: v[0] for k, v in batch.items() if v.dim() == 2 and v.shape[1] == length and k != "image_sizes"}
+    # The image processor's outputs are per image whatever their shape (Qwen2-VL's pixel_values are [patches, C]
+    # and could be as wide as the prompt is long); the rest, [1, T], is per token (token_type_ids...).
+    per_image = {"pixel_values", "image_sizes", *getattr(getattr(processor, "image_processor", None),
+                                                         "model_input_names", ())}
+    token_inputs = {k: v[0] for k, v in batch.items()
+                    if k not in per_image and v.dim() == 2 and v.shape[1] == length}
     image_inputs = {k: v for k, v in batch.items() if k not in token_inputs}
     return input_ids, labels, student_spans, image_inputs, token_inputs
