@@ -10,9 +10,11 @@ per sample as an int64 ``[B, S, 2]`` tensor, the input of ``segment_pool``/``seg
     spans:                                   [---------) retrieved    [--- image ---)
 
 Text pieces are located by character range in the rendered prompt, shifted past each expanded image
-placeholder, and mapped to tokens through the tokenizer's offset mapping (a token belongs to a piece when their
-character ranges overlap). The image span is the run of the model's image token in ``input_ids`` (the
-processor's own expansion). Padding and special tokens with empty offsets are never inside a span.
+placeholder (by the processor's own record of its replacements where it gives one), and mapped to tokens through
+the tokenizer's offset mapping (a token belongs to a piece when their character ranges overlap). The image span
+is found from the model's image token in ``input_ids`` (the processor's own expansion): its one run, or, for
+families that break an image into several runs (rows, tiles), the hull from the first to one past the last image
+token (:func:`image_token_spans`). Padding and special tokens with empty offsets are never inside a span.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from tga_fast.models.processors import tokenizer_of
 
 __all__ = [
+    "IMAGE_RUNS",
     "Spans",
     "char_ranges_to_token_spans",
     "encode_with_spans",
@@ -109,19 +112,35 @@ def _first_last(inside: torch.Tensor) -> torch.Tensor:
     return torch.where(any_inside[..., None], spans, torch.zeros_like(spans)).to(torch.int64)
 
 
-def image_token_spans(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    """The run of image tokens of each sample: input_ids ``[B, T]`` -> int64 ``[B, 1, 2]``.
+IMAGE_RUNS = ("one", "hull")
 
-    A sample without image tokens (text-only) gets the empty span (0, 0). The run must be contiguous (one image
-    per sample); a sample with two runs raises, naming it.
+
+def image_token_spans(input_ids: torch.Tensor, image_token_id: int, runs: str = "one") -> torch.Tensor:
+    """The image span of each sample: input_ids ``[B, T]`` -> int64 ``[B, 1, 2]``.
+
+    ``runs`` says how a family lays out one image's tokens (``Architecture.image_runs``):
+
+    - ``"one"``: one contiguous run (LLaVA, LLaVA-NeXT, LLaVA-OneVision); a sample with two runs raises, naming it
+      (two images, or a prompt the processor did not expand).
+    - ``"hull"``: several runs per image (Mistral 3's rows between ``[IMG_BREAK]``, Idefics3's tiles between
+      ``<fake_token_around_image><row_i_col_j>``): the span goes from the first image token to one past the
+      last, so the break / tile tokens between the runs are pooled with the image. The caller guarantees one
+      image per sample (``encode_with_spans`` checks it on the rendered text).
+
+    A sample without image tokens (text-only) gets the empty span (0, 0).
     """
+    if runs not in IMAGE_RUNS:
+        raise ValueError(f"runs must be one of {IMAGE_RUNS}, got {runs!r}")
     is_image = input_ids == image_token_id
     spans = _first_last(is_image)  # [B, 2]
-    count = is_image.sum(dim=-1)
-    split = count != (spans[:, 1] - spans[:, 0])
-    if bool(split.any()):
-        b = int(split.nonzero()[0])
-        raise ValueError(f"sample {b} has its {int(count[b])} image tokens in more than one run (one image per sample)")
+    if runs == "one":
+        count = is_image.sum(dim=-1)
+        split = count != (spans[:, 1] - spans[:, 0])
+        if bool(split.any()):
+            b = int(split.nonzero()[0])
+            raise ValueError(
+                f"sample {b} has its {int(count[b])} image tokens in more than one run (one image per sample)"
+            )
     return spans[:, None, :]
 
 
@@ -169,7 +188,7 @@ def locate_pieces(text: str, pieces: Sequence[tuple[str, str]], start: int = 0) 
 
 def _expand_placeholders(text: str, ranges: dict[str, tuple[int, int]], placeholder: str, tokens_per_image: int):
     """Shifts character ranges of the unexpanded text past each ``placeholder`` that the processor repeats
-    ``tokens_per_image`` times."""
+    ``tokens_per_image`` times (processors that do not report their replacements; see :func:`_apply_replacements`)."""
     if tokens_per_image <= 1 or not placeholder:
         return ranges
     shift_per = (tokens_per_image - 1) * len(placeholder)
@@ -185,23 +204,45 @@ def _expand_placeholders(text: str, ranges: dict[str, tuple[int, int]], placehol
     return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
 
 
+def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements: Sequence[Mapping]):
+    """Shifts character ranges of the unexpanded text past each placeholder the processor replaced, from its
+    ``text_replacement_offsets`` (per replacement: the placeholder's ``span`` in the unexpanded text and the
+    ``new_span`` of its replacement in the expanded one). Exact whatever the replacement holds: Mistral 3's
+    ``[IMG_BREAK]`` / ``[IMG_END]``, Idefics3's tile tags and newlines are not repetitions of the placeholder."""
+
+    def shift(position: int) -> int:
+        moved = 0
+        for item in replacements:
+            (start, end), (new_start, new_end) = item["span"], item["new_span"]
+            if end <= position:
+                moved += (new_end - new_start) - (end - start)
+        return position + moved
+
+    return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
+
+
 def encode_with_spans(
     processor,
     texts: Sequence[str],
     pieces: Sequence[Mapping[str, tuple[int, int]]],
     images=None,
     image_token_id: int | None = None,
+    image_runs: str | None = None,
     **encode_kwargs,
 ):
     """Tokenizes a batch with a processor (or a bare tokenizer) and finds the spans of its named pieces.
 
     Args:
-        processor: an HF processor with ``.tokenizer`` (LLaVA, LLaVA-NeXT) or a fast tokenizer.
+        processor: an HF processor with ``.tokenizer`` (LLaVA, LLaVA-NeXT...) or a fast tokenizer.
         texts: the rendered prompts (chat template applied), one per sample.
         pieces: per sample, ``{name: (char_start, char_end)}`` in the unexpanded text (see :func:`locate_pieces`);
             every sample names the same pieces.
         images: passed to the processor with the texts (one image per sample, or None for text-only batches).
         image_token_id: the model's image token; when given, an ``"image"`` span comes first.
+        image_runs: how the image span is found (:func:`image_token_spans`). None: ``"hull"`` when the processor
+            reports its placeholder replacements (``return_text_replacement_offsets``, transformers 5.x; each
+            sample's replacements are then checked to be one image, so the hull is that image's tokens), else
+            ``"one"``.
 
     Returns:
         ``(batch, spans)``: the processor's ``BatchEncoding`` (tensors, padded; no offset mapping) and ``Spans``
@@ -211,24 +252,37 @@ def encode_with_spans(
     if any(tuple(p) != names for p in pieces):
         raise ValueError(f"every sample must name the same pieces, got {[tuple(p) for p in pieces]}")
     call_kwargs = dict(return_offsets_mapping=True, padding=True, return_tensors="pt", **encode_kwargs)
-    batch = processor(text=list(texts), images=images, **call_kwargs) if images is not None else processor(
-        text=list(texts), **call_kwargs
-    )
+    if images is not None:
+        # The processor's own record of where each placeholder went: exact for any expansion (see
+        # _apply_replacements). Processors that do not know the option ignore it and report nothing.
+        call_kwargs.setdefault("return_text_replacement_offsets", True)
+        batch = processor(text=list(texts), images=images, **call_kwargs)
+    else:
+        batch = processor(text=list(texts), **call_kwargs)
     offsets = batch.pop("offset_mapping")
+    replacements = batch.pop("text_replacement_offsets", None)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     tokenizer = tokenizer_of(processor)
     placeholder = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
+    if image_runs is None:
+        image_runs = "hull" if replacements is not None else "one"
 
     char_ranges = []
     for b, (text, sample_pieces) in enumerate(zip(texts, pieces)):
-        per_image = 1
-        if image_token_id is not None and placeholder and text.count(placeholder):
-            per_image = int((input_ids[b] == image_token_id).sum()) // text.count(placeholder)
-        expanded = _expand_placeholders(text, dict(sample_pieces), placeholder or "", per_image)
+        if replacements is not None:
+            images_here = [r for r in replacements[b] if r.get("type", "image") == "image"]
+            if len(images_here) > 1 and image_runs == "hull":
+                raise ValueError(f"sample {b} has {len(images_here)} images (one image per sample)")
+            expanded = _apply_replacements(dict(sample_pieces), replacements[b])
+        else:
+            per_image = 1
+            if image_token_id is not None and placeholder and text.count(placeholder):
+                per_image = int((input_ids[b] == image_token_id).sum()) // text.count(placeholder)
+            expanded = _expand_placeholders(text, dict(sample_pieces), placeholder or "", per_image)
         char_ranges.append([expanded[n] for n in names])
     columns = {}
     if image_token_id is not None:
-        columns["image"] = image_token_spans(input_ids, image_token_id)
+        columns["image"] = image_token_spans(input_ids, image_token_id, image_runs)
     if names:
         token_spans = char_ranges_to_token_spans(offsets, torch.tensor(char_ranges, dtype=torch.int64), attention_mask)
         columns.update({name: token_spans[:, i] for i, name in enumerate(names)})
