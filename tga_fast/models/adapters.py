@@ -8,7 +8,7 @@ adding one entry to ``ARCHITECTURES``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -32,6 +32,9 @@ class Architecture:
     # LoRA's default targets: the names of the attention and MLP projections inside a decoder block (a text
     # family's; a multimodal family takes its text backbone's). Matched only under ``decoder_layers``.
     lora_targets: tuple[str, ...] = ()
+    # How one image's tokens lie in the sequence (``tga_fast.models.spans.image_token_spans``): "one" contiguous
+    # run, or "hull" for several runs (row breaks, tiles) pooled from the first to one past the last image token.
+    image_runs: str = "one"
 
 
 _DECODER_ONLY = Architecture(
@@ -58,6 +61,28 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llava_next": _LLAVA_LIKE,
 }
 
+# ---- issue 15, part B: LLaVA-OneVision, Mistral 3, Idefics3 ------------------------------------------------------
+ARCHITECTURES.update({
+    # SigLIP + Qwen2; anyres tiles, unpadding and one newline feature per row all sit on <image> tokens: one run.
+    # (image_newline, a parameter of the model beside the projector, is not part of the projector.)
+    "llava_onevision": replace(_LLAVA_LIKE, text_backbones=("qwen2",)),
+    # Pixtral tower; the projector holds the patch merger. [IMG] rows separated by [IMG_BREAK], closed by
+    # [IMG_END]: several runs per image, pooled as their hull (the breaks between rows included).
+    "mistral3": replace(_LLAVA_LIKE, text_backbones=("mistral",), image_runs="hull"),
+    # SigLIP-like tower + pixel-shuffle connector + Llama (SmolVLM). Each tile is <fake_token_around_image>
+    # <row_i_col_j> + its <image> run, then the global image: several runs per image, pooled as their hull.
+    "idefics3": Architecture(
+        decoder_layers=("model.text_model.layers",),
+        final_norm=("model.text_model.norm",),
+        input_embeddings=("model.text_model.embed_tokens",),
+        vision_tower=("model.vision_model",),
+        projector=("model.connector",),
+        image_token_attrs=("image_token_id",),
+        text_backbones=("llama",),
+        image_runs="hull",
+    ),
+})
+
 
 def supported_model_types() -> list[str]:
     return sorted(ARCHITECTURES)
@@ -77,6 +102,7 @@ class ModelParts:
     vision_tower: nn.Module | None
     projector: nn.Module | None
     image_token_id: int | None
+    image_runs: str = "one"
 
     @property
     def num_layers(self) -> int:
@@ -157,6 +183,7 @@ def resolve(model: nn.Module) -> ModelParts:
         vision_tower=_find(model, arch.vision_tower, "vision tower", model_type, required=bool(arch.vision_tower)),
         projector=_find(model, arch.projector, "projector", model_type, required=bool(arch.projector)),
         image_token_id=image_token_id,
+        image_runs=arch.image_runs,
     )
 
 

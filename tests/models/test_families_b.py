@@ -1,0 +1,305 @@
+"""Issue 15, part B: LLaVA-OneVision, Mistral 3 and Idefics3 through resolve, spans, capture, knockout, steer,
+generation, a TGATrainer step and load_model, on the tiny offline models of ``tga_fast.models.tiny_families_b``.
+
+One cheap smoke per family runs in the fast loop; the matrix is ``slow``. Each family's tiny model is built once
+per module (``family`` fixture) and shared; tests that change weights or modes build their own copy (about 0.1 s).
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import pytest
+import torch
+
+from tests.helpers import assert_within_budget
+from tga_fast.models import capture, knockout, resolve, steer
+from tga_fast.models.prompts import Prompt, encode_prompts
+from tga_fast.models.tiny import random_images
+from tga_fast.models.tiny_families_b import TINY_FAMILIES_B
+from tga_fast.ops.kernels.segment_pool import reference as pool_reference
+
+# (family, how its image's tokens lie, the module attributes that hold its parts under model.model)
+EXPECTED = {
+    "llava_onevision": ("one", "language_model", "vision_tower", "multi_modal_projector"),
+    "mistral3": ("hull", "language_model", "vision_tower", "multi_modal_projector"),
+    "idefics3": ("hull", "text_model", "vision_model", "connector"),
+}
+# Two image shapes per batch: OneVision gets another tile grid, Mistral 3 other rows, Idefics3 other tiles.
+SIZES = ((40, 70), (70, 40))
+SAMPLES = (("what is in this image?", "a red knife"), ("describe the picture.", "a small dog on a wooden table"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torchvision.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_FAMILIES_B))
+def family(request):
+    """``(name, model, processor)``: one tiny model per family for the whole module (eval mode, fp32, sdpa)."""
+    model, processor = TINY_FAMILIES_B[request.param](seed=0)
+    return request.param, model, processor
+
+
+def encode(model, processor, padding_side="right", count=2):
+    """The first ``count`` samples as image prompts with a retrieved text, through the shared prompt builder."""
+    processor.tokenizer.padding_side = padding_side
+    prompts = [Prompt(question=q, image=True, retrieved=r) for q, r in SAMPLES[:count]]
+    images = [random_images(1, size=size, seed=i)[0] for i, size in enumerate(SIZES[:count])]
+    return encode_prompts(processor, prompts, images, image_token_id=resolve(model).image_token_id)
+
+
+def runs_of(is_image: torch.Tensor) -> int:
+    """Number of runs of True in a bool ``[T]``."""
+    starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0))[:-1]
+    return int(starts.sum())
+
+
+def test_smoke_resolve_and_spans(family):
+    """Fast loop: parts, image token and backbones of the adapter; spans from the processor's own expansion."""
+    name, model, processor = family
+    runs, text_model, tower, projector = EXPECTED[name]
+    parts = resolve(model)
+    assert parts.model_type == name and parts.image_runs == runs
+    inner = model.model
+    assert parts.decoder_layers is getattr(inner, text_model).layers
+    assert parts.final_norm is getattr(inner, text_model).norm
+    assert parts.input_embeddings is model.get_input_embeddings()
+    assert parts.lm_head is model.lm_head
+    assert parts.vision_tower is getattr(inner, tower) and parts.projector is getattr(inner, projector)
+    assert parts.image_token_id == processor.image_token_id
+    # A text backbone the family entry does not list is refused, naming the supported ones.
+    other = types.SimpleNamespace(config=types.SimpleNamespace(model_type=name, text_config=types.SimpleNamespace(model_type="gemma")))
+    with pytest.raises(ValueError, match="text backbone 'gemma' is not supported"):
+        resolve(other)
+
+    encoded = encode(model, processor)
+    ids, spans = encoded.batch["input_ids"], encoded.spans
+    is_image = ids == parts.image_token_id
+    for b in range(ids.shape[0]):
+        start, end = spans["image"][b].tolist()
+        inside = torch.zeros_like(is_image[b])
+        inside[start:end] = True
+        # The span is the hull: it starts and ends on image tokens and holds every image token of the sample.
+        assert is_image[b, start] and is_image[b, end - 1] and not (is_image[b] & ~inside).any()
+        assert runs_of(is_image[b]) == 1 or runs == "hull"
+        for piece, text in (("retrieved", SAMPLES[b][1]), ("question", SAMPLES[b][0])):
+            s, e = spans[piece][b].tolist()
+            assert processor.tokenizer.decode(ids[b, s:e]).strip() == text
+    if runs == "hull":  # the tiny shapes do give several runs per image
+        assert max(runs_of(row) for row in is_image) > 1
+    with torch.no_grad():
+        assert model(**encoded.batch).logits.isfinite().all()
+
+
+def oracle_pool(hidden_states, layers, spans):
+    return torch.stack([pool_reference.segment_pool(hidden_states[k], spans) for k in layers])
+
+
+@pytest.mark.slow
+def test_capture_equals_output_hidden_states(family):
+    name, model, processor = family
+    encoded = encode(model, processor)
+    batch, spans = encoded.batch, encoded.spans
+    parts = resolve(model)
+    layers = [parts.num_layers, 0, 2, 1]
+    last = encoded.last_positions
+    with torch.no_grad():
+        oracle = model(**batch, output_hidden_states=True).hidden_states
+        with capture(model, layers, spans, logit_lens=True, lens_positions=last) as cap:
+            model(**batch)
+        with capture(model, [1], spans, stop_after=2) as early:
+            assert early.run(model, **batch) is None  # ended after layer 2
+    # fp32, the same forward: the hooks read the very tensors output_hidden_states returns, and segment_pool
+    # accumulates in fp32 like the reference (summation order alone: ~1e-6 relative).
+    torch.testing.assert_close(cap.pooled, oracle_pool(oracle, layers, spans.tensor), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(early.pooled, oracle_pool(oracle, [1], spans.tensor), rtol=1e-5, atol=1e-6)
+    rows = torch.arange(len(last))
+    expected = torch.stack([
+        parts.lm_head(oracle[k][rows, last] if k == parts.num_layers else parts.final_norm(oracle[k][rows, last]))
+        for k in layers
+    ])  # fmt: skip
+    torch.testing.assert_close(cap.logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bf16_capture_within_budget(family):
+    name, _, processor = family
+    model, _ = TINY_FAMILIES_B[name](seed=0, dtype=torch.bfloat16)
+    encoded = encode(model, processor)
+    batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in encoded.batch.items()}
+    spans = encoded.spans.tensor
+    layers = [1, resolve(model).num_layers]
+    with torch.no_grad():
+        oracle = model(**batch, output_hidden_states=True).hidden_states
+        with capture(model, layers, spans) as cap:
+            model(**batch)
+    # Both read the same bf16 hidden states; they differ only in how the pooling sums and rounds: the fp32 oracle
+    # pools the bf16 states in fp32, and the capture may err by at most twice the bf16 reference pooling's own
+    # error plus bf16's floor (tga_fast.ops._error_budget).
+    for i, k in enumerate(layers):
+        fp32 = pool_reference.segment_pool(oracle[k].float(), spans)
+        assert_within_budget(cap.pooled[i], fp32, pool_reference.segment_pool(oracle[k], spans), torch.bfloat16)
+
+
+def explicit_mask(attention_mask: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """Additive fp32 ``[B, 1, T, T]``: causal, padding keys hidden, ``blocked`` keys hidden from later queries."""
+    seq_len = attention_mask.shape[1]
+    positions = torch.arange(seq_len)
+    causal = positions[None, :] <= positions[:, None]
+    later = positions[None, :] < positions[:, None]
+    visible = causal[None] & attention_mask.bool()[:, None, :] & ~(blocked[:, None, :] & later[None])
+    # A padding query that sees nothing would be NaN in eager softmax; let it see itself (its output is unused).
+    visible = visible | (torch.eye(seq_len, dtype=torch.bool)[None] & ~visible.any(-1, keepdim=True))
+    return torch.where(visible, 0.0, torch.finfo(torch.float32).min)[:, None]
+
+
+@pytest.fixture(scope="module")
+def eager_twin(family):
+    """The family's model with the same weights (same seed) and eager attention everywhere."""
+    name, model, _ = family
+    twin, _ = TINY_FAMILIES_B[name](seed=0)
+    twin.set_attn_implementation("eager")
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), model.state_dict().values()))
+    return twin
+
+
+@pytest.mark.slow
+def test_knockout_equals_eager_with_explicit_mask(family, eager_twin):
+    name, model, processor = family
+    encoded = encode(model, processor, "left")
+    batch = encoded.batch
+    seq_len = batch["input_ids"].shape[1]
+    blocked = encoded.spans.mask(seq_len, "retrieved") | encoded.spans.mask(seq_len, "image")
+    with torch.no_grad():
+        with knockout(model, range(1, resolve(model).num_layers + 1), blocked):
+            knocked = model(**batch).logits
+        explicit = {**batch, "attention_mask": explicit_mask(batch["attention_mask"], blocked)}
+        expected = eager_twin(**explicit).logits
+        plain = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    # fp32 throughout: the fused knockout vs eager softmax(QK^T + mask)V, and SDPA vs eager in the vision tower,
+    # differ by summation order only (~1e-6 relative per layer, 4 + 2 layers, logits of magnitude ~1).
+    torch.testing.assert_close(knocked[real], expected[real], rtol=1e-4, atol=1e-5)
+    assert (knocked[real] - plain[real]).abs().max() > 1e-3  # the knockout changed something
+
+
+@pytest.mark.slow
+def test_knockout_in_generate_matches_the_eager_reference(family, eager_twin):
+    name, model, processor = family
+    encoded = encode(model, processor, "left", count=1)
+    batch = encoded.batch
+    prompt_len = batch["input_ids"].shape[1]
+    blocked = encoded.spans.mask(prompt_len, "retrieved")
+    image_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    pad = processor.tokenizer.pad_token_id
+    steps = 4
+    with torch.no_grad():
+        with knockout(model, [2, 3], blocked):
+            generated = model.generate(**batch, max_new_tokens=steps, do_sample=False, pad_token_id=pad)
+        # Reference: the eager twin, no KV cache, the whole sequence (image included) re-run at every step under the
+        # same knockout: checks the cached decoding path of each family (its positions, its image merge).
+        ids = batch["input_ids"]
+        for _ in range(steps):
+            padded = torch.nn.functional.pad(blocked, (0, ids.shape[1] - prompt_len), value=False)
+            with knockout(eager_twin, [2, 3], padded):
+                logits = eager_twin(input_ids=ids, attention_mask=torch.ones_like(ids), **image_inputs).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, ids)
+
+
+@pytest.mark.slow
+def test_steer_changes_exactly_the_span_rows(family):
+    name, model, processor = family
+    encoded = encode(model, processor)
+    batch, image = encoded.batch, encoded.spans.select("image")
+    dim = model.config.text_config.hidden_size
+    vectors = torch.randn(2, dim, generator=torch.Generator().manual_seed(0))
+    seen = []
+    # What block 3 reads is hidden_states[2]: record it with a pre-hook on that block.
+    block3 = resolve(model).decoder_layers[2]
+    handle = block3.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch)
+            with steer(model, [2], image, vectors):
+                model(**batch)
+            model(**batch)
+    finally:
+        handle.remove()
+    plain, steered, restored = seen
+    rows = image.mask(plain.shape[1])  # [B, T]
+    assert torch.equal(steered[~rows], plain[~rows])  # every other row untouched, bit for bit
+    expected = plain + vectors[:, None, :]
+    assert torch.equal(steered[rows], expected[rows])  # the span rows got exactly the vector (one fp32 add)
+    assert torch.equal(restored, plain)
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    from tests.training.make_data import write_llava_data
+
+    return write_llava_data(tmp_path_factory.mktemp("famB_data"), count=8, bad_records=False)
+
+
+@pytest.mark.slow
+def test_stage2_step_reaches_the_projector(family, data_path, tmp_path):
+    from tests.training.train_helpers import IMAGE_SAMPLES, grads_of
+    from tga_fast.training.collator import TGACollator
+    from tga_fast.training.config import TGAConfig, TrainConfig
+    from tga_fast.training.data import TGADataset
+    from tga_fast.training.stages import freeze_for_stage
+    from tga_fast.training.trainer import TGATrainer
+
+    name, _, processor = family
+    results = {}
+    for lm_weight in (1.0, 0.0):  # the whole loss, then the alignment terms alone
+        model, _ = TINY_FAMILIES_B[name](seed=0)
+        freeze_for_stage(model, train_llm=True)
+        dataset = TGADataset(data_path, processor, progress=False)
+        tga = TGAConfig(target_layers=[1, 2, 3], lm_loss_weight=lm_weight)
+        args = TrainConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1,
+                           use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+        trainer = TGATrainer(model=model, args=args, train_dataset=dataset, data_collator=TGACollator(processor),
+                             tga=tga, target_layers=tga.target_layers)
+        batch = TGACollator(processor)([dataset[i] for i in IMAGE_SAMPLES])
+        assert bool(batch["align"].any())
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        parts = resolve(model)
+        results[lm_weight] = (loss.detach(), grads_of(parts.projector), grads_of(parts.vision_tower))
+    for loss, projector, tower in results.values():
+        assert loss.isfinite() and projector.isfinite().all()
+        assert projector.abs().max() > 0  # the projector gets a gradient...
+        assert tower.abs().max() == 0  # ...the frozen tower none
+    # The alignment terms alone (no LM loss) reach the projector too: the image tokens' states depend on it.
+    assert results[0.0][1].abs().max() > 1e-6
+
+
+@pytest.mark.slow
+def test_load_model_accepts_a_saved_folder(family, tmp_path):
+    from tga_fast.models.loading import load_model
+
+    name, model, processor = family
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        if name == "mistral3":  # transformers 5.24's PixtralProcessor imports torchvision
+            from tga_fast.errors import UserError
+
+            with pytest.raises(UserError, match="AutoProcessor gave a .*pip install torchvision"):
+                load_model(tmp_path, device="cpu", dtype="float32")
+            return
+    loaded, loaded_processor = load_model(tmp_path, device="cpu", dtype="float32")
+    assert type(loaded) is type(model) and resolve(loaded).model_type == name
+    encoded = encode(loaded, loaded_processor)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**encoded.batch).logits, model(**encoded.batch).logits)
