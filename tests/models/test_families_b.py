@@ -247,39 +247,86 @@ def data_path(tmp_path_factory):
     return write_llava_data(tmp_path_factory.mktemp("famB_data"), count=8, bad_records=False)
 
 
-@pytest.mark.slow
-def test_stage2_step_reaches_the_projector(family, data_path, tmp_path):
-    from tests.training.train_helpers import IMAGE_SAMPLES, grads_of
+def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=False):
+    """One TGATrainer stage-2 loss and backward on a fresh copy of the family's model (the image samples of the
+    tiny LLaVA-format data: retrieved text, caption, image); returns the model (after backward) and the loss."""
+    from tests.training.train_helpers import IMAGE_SAMPLES
     from tga_fast.training.collator import TGACollator
-    from tga_fast.training.config import TGAConfig, TrainConfig
+    from tga_fast.training.config import ModelConfig, TGAConfig, TrainConfig
     from tga_fast.training.data import TGADataset
     from tga_fast.training.stages import freeze_for_stage
     from tga_fast.training.trainer import TGATrainer
 
+    model, _ = TINY_FAMILIES_B[name](seed=0)
+    freeze_for_stage(model, train_llm=not lora)
+    if lora:
+        from tga_fast.training.lora import apply_lora
+
+        model = apply_lora(model, ModelConfig(model_name_or_path="unused", train_llm=True, lora_r=4, lora_dropout=0.0))
+    dataset = TGADataset(data_path, processor, progress=False)
+    tga = TGAConfig(target_layers=[1, 2, 3], lm_loss_weight=lm_weight)
+    args = TrainConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1, use_cpu=True,
+                       report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = TGATrainer(model=model, args=args, train_dataset=dataset, data_collator=TGACollator(processor), tga=tga,
+                         target_layers=tga.target_layers)
+    batch = TGACollator(processor)([dataset[i] for i in IMAGE_SAMPLES])
+    assert bool(batch["align"].any())
+    model.train()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    return model, loss.detach()
+
+
+@pytest.mark.slow
+def test_stage2_step_reaches_the_projector(family, data_path, tmp_path):
+    from tests.training.train_helpers import grads_of
+
     name, _, processor = family
-    results = {}
+    projector_grads = {}
     for lm_weight in (1.0, 0.0):  # the whole loss, then the alignment terms alone
-        model, _ = TINY_FAMILIES_B[name](seed=0)
-        freeze_for_stage(model, train_llm=True)
-        dataset = TGADataset(data_path, processor, progress=False)
-        tga = TGAConfig(target_layers=[1, 2, 3], lm_loss_weight=lm_weight)
-        args = TrainConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1,
-                           use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
-        trainer = TGATrainer(model=model, args=args, train_dataset=dataset, data_collator=TGACollator(processor),
-                             tga=tga, target_layers=tga.target_layers)
-        batch = TGACollator(processor)([dataset[i] for i in IMAGE_SAMPLES])
-        assert bool(batch["align"].any())
-        model.train()
-        loss = trainer.compute_loss(model, dict(batch))
-        loss.backward()
+        model, loss = stage2_step(name, processor, data_path, tmp_path, lm_weight=lm_weight)
         parts = resolve(model)
-        results[lm_weight] = (loss.detach(), grads_of(parts.projector), grads_of(parts.vision_tower))
-    for loss, projector, tower in results.values():
+        projector, tower = grads_of(parts.projector), grads_of(parts.vision_tower)
         assert loss.isfinite() and projector.isfinite().all()
         assert projector.abs().max() > 0  # the projector gets a gradient...
         assert tower.abs().max() == 0  # ...the frozen tower none
+        projector_grads[lm_weight] = projector
     # The alignment terms alone (no LM loss) reach the projector too: the image tokens' states depend on it.
-    assert results[0.0][1].abs().max() > 1e-6
+    assert projector_grads[0.0].abs().max() > 1e-6
+
+
+@pytest.mark.slow
+def test_lora_step_trains_adapters_and_projector(family, data_path, tmp_path):
+    pytest.importorskip("peft")
+    name, _, processor = family
+    model, loss = stage2_step(name, processor, data_path, tmp_path, lora=True)
+    parts = resolve(model)
+    adapted = [n for n, p in parts.decoder_layers.named_parameters() if "lora_" in n]
+    assert adapted and not any("lora_" in n for n, _ in parts.vision_tower.named_parameters())
+    assert all(p.grad is not None for n, p in parts.decoder_layers.named_parameters() if "lora_B" in n)
+    assert any(p.grad.abs().max() > 0 for p in parts.projector.parameters())
+
+
+@pytest.mark.slow
+def test_attention_share_and_skip_layers(family, eager_twin):
+    from tga_fast.models import attention_shares, skip_layers
+
+    name, model, processor = family
+    encoded = encode(model, processor, "left")
+    batch = encoded.batch
+    seq_len = batch["input_ids"].shape[1]
+    key_set = encoded.spans.mask(seq_len, "image")
+    rows = torch.full((2, 1), seq_len - 1)  # the last prompt position (left padding)
+    with torch.no_grad():
+        with attention_shares(model, key_set, rows) as probe:
+            model(**batch)
+        attentions = eager_twin(**batch, output_attentions=True).attentions  # N x [B, H, T, T]
+        with skip_layers(model, [2]), capture(model, [1, 2], encoded.spans) as skipped:
+            model(**batch)
+    expected = torch.stack([(a[:, :, -1, :] * key_set[:, None, :]).sum(-1)[..., None] for a in attentions])
+    # fp32 softmax shares in [0, 1]; fused op vs eager differ by summation order only.
+    torch.testing.assert_close(probe.share, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(skipped.pooled[1], skipped.pooled[0])  # block 2 passed its input through
 
 
 @pytest.mark.slow
