@@ -48,7 +48,8 @@ def _tokenizer(extra_special: list[str], image_token: str):
     """The offline BPE with ``<pad> <s> </s>`` plus ``extra_special`` (the family's tokens), ``image_token`` named."""
     from transformers import PreTrainedTokenizerFast
 
-    specials = [t for t in SPECIAL_TOKENS if t != "<image>"] + [t for t in extra_special if t not in SPECIAL_TOKENS]
+    base = [t for t in SPECIAL_TOKENS if t != "<image>"]  # the family names its own image token
+    specials = base + [t for t in extra_special if t not in base]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_bpe_tokenizer(specials, 384 + len(specials)),
         bos_token="<s>",
