@@ -97,6 +97,29 @@ def test_smoke_resolve_and_spans(family):
         assert model(**encoded.batch).logits.isfinite().all()
 
 
+def test_image_runs_rule():
+    """``"one"`` refuses a split run, naming the sample; ``"hull"`` pools from the first to one past the last."""
+    from tga_fast.models.spans import image_token_spans
+
+    ids = torch.tensor([[5, 9, 9, 7, 9, 9, 8, 1], [5, 9, 9, 9, 1, 1, 1, 1], [5, 1, 1, 1, 1, 1, 1, 1]])
+    assert image_token_spans(ids, 9, runs="hull")[:, 0].tolist() == [[1, 6], [1, 4], [0, 0]]
+    with pytest.raises(ValueError, match="sample 0 has its 4 image tokens in more than one run"):
+        image_token_spans(ids, 9, runs="one")
+    with pytest.raises(ValueError, match="runs must be one of"):
+        image_token_spans(ids, 9, runs="tiles")
+
+
+def test_two_images_in_one_sample_are_refused(family):
+    """The hull of one sample is one image's tokens only: a sample with two images is an error, for every family."""
+    from tga_fast.models.spans import encode_with_spans
+
+    name, model, processor = family
+    placeholder = processor.image_token
+    text = f"USER: {placeholder}\nand {placeholder}\nwhat differs? ASSISTANT:"
+    with pytest.raises(ValueError, match="sample 0 has 2 images .one image per sample"):
+        encode_with_spans(processor, [text], [{}], images=[random_images(2)], image_token_id=resolve(model).image_token_id)
+
+
 def oracle_pool(hidden_states, layers, spans):
     return torch.stack([pool_reference.segment_pool(hidden_states[k], spans) for k in layers])
 
