@@ -267,7 +267,11 @@ def test_steer_changes_exactly_the_span_rows(family):
 def data_path(tmp_path_factory):
     from tests.training.make_data import write_llava_data
 
-    return write_llava_data(tmp_path_factory.mktemp("famB_data"), count=8, bad_records=False)
+    path = write_llava_data(tmp_path_factory.mktemp("famB_data"), count=8, bad_records=False)
+    # Two image samples of other shapes, so a batch pads image inputs of different sizes (tiles, rows, pixels).
+    for i, size in zip((0, 1), SIZES):
+        random_images(1, size=size, seed=10 + i)[0].save(path.parent / "images" / f"{i}.png")
+    return path
 
 
 def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=False):
@@ -298,6 +302,32 @@ def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=Fal
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
     return model, loss.detach()
+
+
+@pytest.mark.slow
+def test_collated_batch_equals_each_sample_alone(family, data_path):
+    """TGACollator pads each family's image inputs (OneVision's tiles, Pixtral's pixels, Idefics3's tiles and
+    pixel mask) so that the model reads each sample as it would alone."""
+    from tests.training.train_helpers import IMAGE_SAMPLES
+    from tga_fast.training.collator import TGACollator
+    from tga_fast.training.data import TGADataset
+    from tga_fast.training.trainer import EXTRA_KEYS
+
+    name, model, processor = family
+    processor.tokenizer.padding_side = "right"  # the same positions alone and in the batch
+    dataset = TGADataset(data_path, processor, progress=False)
+    items = [dataset[i] for i in IMAGE_SAMPLES]
+    collator = TGACollator(processor)
+    inputs = lambda batch: {k: v for k, v in batch.items() if k not in EXTRA_KEYS and k != "labels"}  # noqa: E731
+    with torch.no_grad():
+        batch = collator(items)
+        together = model(**inputs(batch)).logits
+        for b, item in enumerate(items):
+            alone = model(**inputs(collator([item]))).logits[0]
+            length = alone.shape[0]
+            assert bool(batch["attention_mask"][b, :length].all()) and not bool(batch["attention_mask"][b, length:].any())
+            # fp32; the batched and the single forward differ by the kernels' batch-dependent summation order only.
+            torch.testing.assert_close(together[b, :length], alone, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
