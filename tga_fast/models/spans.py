@@ -221,6 +221,13 @@ def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements: Sequen
     return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
 
 
+def _reports_replacements(processor) -> bool:
+    """Whether the processor's call takes ``return_text_replacement_offsets`` (transformers' ``ProcessingKwargs``
+    declares it in 5.24; a processor of an older or a custom kind may not, and then gets no unknown option)."""
+    kwargs_type = getattr(type(processor), "valid_processor_kwargs", None)
+    return "return_text_replacement_offsets" in getattr(kwargs_type, "__annotations__", {})
+
+
 def encode_with_spans(
     processor,
     texts: Sequence[str],
@@ -253,9 +260,10 @@ def encode_with_spans(
         raise ValueError(f"every sample must name the same pieces, got {[tuple(p) for p in pieces]}")
     call_kwargs = dict(return_offsets_mapping=True, padding=True, return_tensors="pt", **encode_kwargs)
     if images is not None:
-        # The processor's own record of where each placeholder went: exact for any expansion (see
-        # _apply_replacements). Processors that do not know the option ignore it and report nothing.
-        call_kwargs.setdefault("return_text_replacement_offsets", True)
+        if _reports_replacements(processor):
+            # The processor's own record of where each placeholder went: exact for any expansion (see
+            # _apply_replacements).
+            call_kwargs.setdefault("return_text_replacement_offsets", True)
         batch = processor(text=list(texts), images=images, **call_kwargs)
     else:
         batch = processor(text=list(texts), **call_kwargs)
