@@ -383,6 +383,29 @@ def test_attention_share_and_skip_layers(family, eager_twin):
 
 
 @pytest.mark.slow
+def test_every_analysis_runs(family, tmp_path):
+    """Each registered analysis (METHOD.md 3A-3E) runs on the family's image prompts and saves its result; short
+    generations (the tiny model's words mean nothing: this checks the plumbing, not the verdicts)."""
+    import dataclasses
+
+    from tests.analysis.conftest import ROWS, write_eval_set
+    from tga_fast.analysis import ANALYSES, run_analysis
+    from tga_fast.evaluation.data import load_eval_set
+
+    name, model, processor = family
+    rows = [row for row in ROWS if row[0] in ("knife", "pills", "cup")]  # two toxic concepts and a benign one
+    samples = load_eval_set(write_eval_set(tmp_path / "data", rows)).samples
+    short = {"max_new_tokens": 2, "window": 2, "condition": "image"}
+    for analysis, entry in ANALYSES.items():
+        fields = {f.name for f in dataclasses.fields(entry.options)}
+        options = entry.options(**{k: v for k, v in short.items() if k in fields})
+        result = run_analysis(analysis, model, processor, samples, options, batch_size=3, progress=False)
+        # Only the benign sample may be left out (the toxic-only analyses use it as no sample); nothing failed.
+        assert result.samples and {row["id"] for row in result.skipped} <= {"cup"}, (analysis, result.skipped)
+        assert (result.save(tmp_path / analysis) / "result.json").is_file()
+
+
+@pytest.mark.slow
 def test_load_model_accepts_a_saved_folder(family, tmp_path):
     from tga_fast.models.loading import load_model
 
