@@ -15,6 +15,7 @@ import torch
 
 from tests.helpers import assert_within_budget
 from tga_fast.models import capture, knockout, resolve, steer
+from tga_fast.models.hooks import hidden_from_pre_hook
 from tga_fast.models.prompts import Prompt, encode_prompts
 from tga_fast.models.tiny import random_images
 from tga_fast.models.tiny_families_b import TINY_FAMILIES_B
@@ -74,7 +75,8 @@ def test_smoke_resolve_and_spans(family):
     assert parts.vision_tower is getattr(inner, tower) and parts.projector is getattr(inner, projector)
     assert parts.image_token_id == processor.image_token_id
     # A text backbone the family entry does not list is refused, naming the supported ones.
-    other = types.SimpleNamespace(config=types.SimpleNamespace(model_type=name, text_config=types.SimpleNamespace(model_type="gemma")))
+    gemma_text = types.SimpleNamespace(model_type="gemma")
+    other = types.SimpleNamespace(config=types.SimpleNamespace(model_type=name, text_config=gemma_text))
     with pytest.raises(ValueError, match="text backbone 'gemma' is not supported"):
         resolve(other)
 
@@ -117,7 +119,8 @@ def test_two_images_in_one_sample_are_refused(family):
     placeholder = processor.image_token
     text = f"USER: {placeholder}\nand {placeholder}\nwhat differs? ASSISTANT:"
     with pytest.raises(ValueError, match="sample 0 has 2 images .one image per sample"):
-        encode_with_spans(processor, [text], [{}], images=[random_images(2)], image_token_id=resolve(model).image_token_id)
+        encode_with_spans(processor, [text], [{}], images=[random_images(2)],
+                          image_token_id=resolve(model).image_token_id)
 
 
 def oracle_pool(hidden_states, layers, spans):
@@ -246,7 +249,8 @@ def test_steer_changes_exactly_the_span_rows(family):
     seen = []
     # What block 3 reads is hidden_states[2]: record it with a pre-hook on that block.
     block3 = resolve(model).decoder_layers[2]
-    handle = block3.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+    record = lambda module, args, kwargs: seen.append(hidden_from_pre_hook(args, kwargs).clone())  # noqa: E731
+    handle = block3.register_forward_pre_hook(record, with_kwargs=True)
     try:
         with torch.no_grad():
             model(**batch)
@@ -325,7 +329,8 @@ def test_collated_batch_equals_each_sample_alone(family, data_path):
         for b, item in enumerate(items):
             alone = model(**inputs(collator([item]))).logits[0]
             length = alone.shape[0]
-            assert bool(batch["attention_mask"][b, :length].all()) and not bool(batch["attention_mask"][b, length:].any())
+            mask = batch["attention_mask"][b]
+            assert bool(mask[:length].all()) and not bool(mask[length:].any())
             # fp32; the batched and the single forward differ by the kernels' batch-dependent summation order only.
             torch.testing.assert_close(together[b, :length], alone, rtol=1e-4, atol=1e-5)
 

@@ -122,7 +122,8 @@ def _pixtral_rows_processor_class():
                      image_token="[IMG]", image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]", **kwargs):
             super().__init__(image_processor, tokenizer, chat_template=chat_template)
             self.merged_patch_size = merged_patch_size
-            self.image_token, self.image_break_token, self.image_end_token = image_token, image_break_token, image_end_token
+            self.image_token, self.image_break_token = image_token, image_break_token
+            self.image_end_token = image_end_token
             self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
 
         def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
@@ -156,7 +157,9 @@ def tiny_mistral3(seed: int = 0, dtype=torch.float32, layers: int = 4, hidden: i
     )
     # Resized to whole merged patches, as PixtralProcessor asks its image processor to.
     merged = _PATCH * merge
-    image_processor = PixtralImageProcessorPil(size={"longest_edge": _TILE}, patch_size={"height": merged, "width": merged})
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": _TILE}, patch_size={"height": merged, "width": merged}
+    )
     try:
         from transformers import PixtralProcessor
 
