@@ -279,7 +279,7 @@ def data_path(tmp_path_factory):
     return path
 
 
-def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=False):
+def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=False, checkpointing=False):
     """One TGATrainer stage-2 loss and backward on a fresh copy of the family's model (the image samples of the
     tiny LLaVA-format data: retrieved text, caption, image); returns the model (after backward) and the loss."""
     from tests.training.train_helpers import IMAGE_SAMPLES
@@ -303,6 +303,8 @@ def stage2_step(name, processor, data_path, tmp_path, *, lm_weight=1.0, lora=Fal
                          target_layers=tga.target_layers)
     batch = TGACollator(processor)([dataset[i] for i in IMAGE_SAMPLES])
     assert bool(batch["align"].any())
+    if checkpointing:  # as TrainConfig sets it: non-reentrant (the captured cosines keep their gradient)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
@@ -341,7 +343,7 @@ def test_stage2_step_reaches_the_projector(family, data_path, tmp_path):
     from tests.training.train_helpers import grads_of
 
     name, _, processor = family
-    projector_grads = {}
+    steps = {}
     for lm_weight in (1.0, 0.0):  # the whole loss, then the alignment terms alone
         model, loss = stage2_step(name, processor, data_path, tmp_path, lm_weight=lm_weight)
         parts = resolve(model)
@@ -349,9 +351,14 @@ def test_stage2_step_reaches_the_projector(family, data_path, tmp_path):
         assert loss.isfinite() and projector.isfinite().all()
         assert projector.abs().max() > 0  # the projector gets a gradient...
         assert tower.abs().max() == 0  # ...the frozen tower none
-        projector_grads[lm_weight] = projector
+        steps[lm_weight] = (loss, projector)
     # The alignment terms alone (no LM loss) reach the projector too: the image tokens' states depend on it.
-    assert projector_grads[0.0].abs().max() > 1e-6
+    assert steps[0.0][1].abs().max() > 1e-6
+    # Activation checkpointing (non-reentrant, as TrainConfig sets it) recomputes the blocks in the backward: the
+    # same loss and projector gradient (fp32, the same kernels on the same inputs: summation order at most).
+    model, loss = stage2_step(name, processor, data_path, tmp_path, checkpointing=True)
+    torch.testing.assert_close(loss, steps[1.0][0])
+    torch.testing.assert_close(grads_of(resolve(model).projector), steps[1.0][1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
