@@ -441,3 +441,14 @@ def test_load_model_accepts_a_saved_folder(family, tmp_path):
     encoded = encode(loaded, loaded_processor)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**encoded.batch).logits, model(**encoded.batch).logits)
+    # 4-bit: the LLM's linear layers are quantised; the family's vision tower, projector and LM head are not (the
+    # adapter's module paths are the loader's skip list).
+    pytest.importorskip("bitsandbytes")
+    quantized, _ = load_model(tmp_path, device="cpu", dtype="float32", quantization="4bit")
+    parts = resolve(quantized)
+
+    def linear_kinds(module):
+        return {type(m).__name__ for m in module.modules() if isinstance(m, torch.nn.Linear)}
+
+    assert linear_kinds(parts.decoder_layers) == {"Linear4bit"}
+    assert linear_kinds(parts.vision_tower) | linear_kinds(parts.projector) | linear_kinds(parts.lm_head) == {"Linear"}
