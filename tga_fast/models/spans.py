@@ -125,7 +125,7 @@ def image_token_spans(input_ids: torch.Tensor, image_token_id: int, runs: str = 
     - ``"hull"``: several runs per image (Mistral 3's rows between ``[IMG_BREAK]``, Idefics3's tiles between
       ``<fake_token_around_image><row_i_col_j>``): the span goes from the first image token to one past the
       last, so the break / tile tokens between the runs are pooled with the image. The caller guarantees one
-      image per sample (``encode_with_spans`` checks it on the rendered text).
+      image per sample (``encode_with_spans`` checks it on the processor's record of its replacements).
 
     A sample without image tokens (text-only) gets the empty span (0, 0).
     """
@@ -279,7 +279,7 @@ def encode_with_spans(
     for b, (text, sample_pieces) in enumerate(zip(texts, pieces)):
         if replacements is not None:
             images_here = [r for r in replacements[b] if r.get("type", "image") == "image"]
-            if len(images_here) > 1 and image_runs == "hull":
+            if len(images_here) > 1:  # tga_fast pools one image per sample, whatever the runs rule
                 raise ValueError(f"sample {b} has {len(images_here)} images (one image per sample)")
             expanded = _apply_replacements(dict(sample_pieces), replacements[b])
         else:
