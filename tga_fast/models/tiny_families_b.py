@@ -6,10 +6,11 @@ family (torchvision is not needed) and the family's processor class where it can
 
 - ``llava_onevision``: SigLIP tower (32x32 tiles, 8x8 patches) + Qwen2; anyres tiles with unpadding and a newline
   feature per row, all placed on ``<image>`` tokens (one run per image). ``LlavaOnevisionProcessor`` cannot be
-  built without torchvision (its required video processor's base class is not importable then), so the processor
-  is ``LlavaNextProcessor`` over ``LlavaOnevisionImageProcessorPil``: it counts the same
-  ``base + unpadded + newline`` features as long as no image exceeds OneVision's ``anyres_max_9`` budget, which
-  a 32x32-tile model with at most 2 tiles never does.
+  built without torchvision (2026-12, transformers 5.24: its required video processor's base class is not
+  importable then), so the processor is ``LlavaNextProcessor`` over ``LlavaOnevisionImageProcessorPil``: it
+  counts the same ``base + unpadded + newline`` features as long as no image exceeds OneVision's
+  ``anyres_max_9`` budget, which a 32x32-tile model with at most 2 tiles never does (the model's forward
+  raises on any mismatch). Saved, it reloads as a ``LlavaNextProcessor`` everywhere.
 - ``mistral3``: Pixtral tower (8x8 patches, 2x2 patch merging) + Mistral; an image becomes rows of ``[IMG]``
   separated by ``[IMG_BREAK]`` and closed by ``[IMG_END]`` (several runs per image). ``PixtralProcessor`` needs
   torchvision (its module imports it); without it a small ``ProcessorMixin`` writes the same layout (see
