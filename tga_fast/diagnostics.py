@@ -70,10 +70,11 @@ def model_family_lines() -> list[str]:
     from tga_fast.models.adapters import ARCHITECTURES
 
     lines = ["model families (config.model_type):"]
+    width = max(map(len, ARCHITECTURES))  # one column of descriptions, however long a family's name
     for model_type in sorted(ARCHITECTURES):
         arch = ARCHITECTURES[model_type]
         if not arch.vision_tower:
-            lines.append(f"  {model_type:12s} text LLM: capture, knockout, steer, skip_layers, attention_shares, "
+            lines.append(f"  {model_type:{width}s} text LLM: capture, knockout, steer, skip_layers, attention_shares, "
                          "lens (the text side of the analyses; a base LLM for build-lvlm)")
             continue
         notes = []
@@ -86,5 +87,5 @@ def model_family_lines() -> list[str]:
         inputs = arch.token_inputs + arch.image_inputs
         if inputs:
             notes.append("inputs " + ", ".join(inputs))
-        lines.append(f"  {model_type:12s} {arch.works}" + (f" [{'; '.join(notes)}]" if notes else ""))
+        lines.append(f"  {model_type:{width}s} {arch.works}" + (f" [{'; '.join(notes)}]" if notes else ""))
     return lines

@@ -105,6 +105,30 @@ _GEMMA3 = Architecture(
 # seen bidirectionally; 1 = the answer, causal).
 _PALIGEMMA = replace(_GEMMA3, attention_mask="prefix")
 
+# ---- families of issue 15, part B ----
+# LLaVA-OneVision: SigLIP + Qwen2; anyres tiles, unpadding and one newline feature per row all sit on <image>
+# tokens: one run. (image_newline, a parameter beside the projector, is not part of it.)
+_LLAVA_ONEVISION = replace(_LLAVA_LIKE, text_backbones=("qwen2",), image_inputs=("image_sizes", "batch_num_images"))
+# Mistral 3: Pixtral tower; the projector holds the patch merger. An image is rows of [IMG] separated by
+# [IMG_BREAK] and closed by [IMG_END]: several runs, pooled as their hull (the breaks included).
+_MISTRAL3 = replace(
+    _LLAVA_LIKE, text_backbones=("mistral",), image_runs="hull", image_inputs=("image_sizes",),
+    works=_LLAVA_LIKE.works + "; load_model needs torchvision (transformers 5.24's PixtralProcessor imports it)",
+)
+# Idefics3 (SmolVLM): SigLIP-like tower + pixel-shuffle connector + Llama. Each tile is <fake_token_around_image>
+# <row_i_col_j> + its <image> run, then the global image: several runs, pooled as their hull.
+_IDEFICS3 = Architecture(
+    decoder_layers=("model.text_model.layers",),
+    final_norm=("model.text_model.norm",),
+    input_embeddings=("model.text_model.embed_tokens",),
+    vision_tower=("model.vision_model",),
+    projector=("model.connector",),
+    image_token_attrs=("image_token_id",),
+    text_backbones=("llama",),
+    image_runs="hull",
+    image_inputs=("pixel_attention_mask",),
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _DECODER_ONLY,
     "mistral": _DECODER_ONLY,
@@ -117,6 +141,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma3": _GEMMA3,
     "paligemma": _PALIGEMMA,
     # ---- part B ----
+    "llava_onevision": _LLAVA_ONEVISION,
+    "mistral3": _MISTRAL3,
+    "idefics3": _IDEFICS3,
 }
 
 

@@ -101,6 +101,27 @@ def _check_family(config) -> str:
     return model_type
 
 
+def _check_processor(processor, model_type: str, source: str) -> None:
+    """Raises when ``AutoProcessor`` gave a multimodal family a bare tokenizer.
+
+    transformers falls back to the tokenizer, without a word, when the folder's processor class cannot be built
+    (transformers 5.24: ``PixtralProcessor``, Mistral 3's, imports torchvision); image prompts would then fail far
+    from the cause. (Qwen2-VL's processor, which needs torchvision only for videos, gets a stand-in first:
+    :func:`_load_processor`.)"""
+    from tga_fast.models.processors import is_processor
+
+    if is_processor(processor):
+        return
+    import importlib.util
+
+    hint = "" if importlib.util.find_spec("torchvision") else (
+        "; torchvision is not installed and some processors need it (Mistral 3's PixtralProcessor): pip install "
+        "torchvision"
+    )
+    raise UserError(f"{model_type} model {source}: AutoProcessor gave a {type(processor).__name__}, not an image "
+                    f"processor with a tokenizer{hint}")
+
+
 def _quantization_config(quantization: str, model_type: str, compute_dtype, options: dict | None):
     from transformers import BitsAndBytesConfig
 
@@ -196,6 +217,7 @@ def load_model(path, *, device: str | None = None, dtype=None, quantization: str
 
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
             processor = _load_processor(AutoProcessor, source, model_type, common)
+            _check_processor(processor, model_type, source)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 

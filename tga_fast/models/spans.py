@@ -21,8 +21,10 @@ families (``image_runs="one"``) keep one contiguous run, and a split run there r
 
 When the processor reports where it expanded each placeholder (transformers 5.x processors:
 ``return_text_replacement_offsets``), character ranges are shifted by exactly those replacements (Gemma 3's
-``"\n\n<start_of_image>...<end_of_image>\n\n"`` is not N copies of its placeholder); otherwise by
-"placeholder repeated N times" as LLaVA expands it.
+``"\n\n<start_of_image>...<end_of_image>\n\n"``, Mistral 3's rows with ``[IMG_BREAK]`` / ``[IMG_END]`` and
+Idefics3's tile tags are not N copies of a placeholder); otherwise by "placeholder repeated N times" as LLaVA
+expands it. That record also says how many images each sample holds: two in one sample are refused, whatever the
+runs rule (a hull would pool both as one).
 """
 
 from __future__ import annotations
@@ -125,10 +127,12 @@ IMAGE_RUNS = ("one", "hull")
 def image_token_spans(input_ids: torch.Tensor, image_token_id: int, image_runs: str = "one") -> torch.Tensor:
     """The image span of each sample: input_ids ``[B, T]`` -> int64 ``[B, 1, 2]``.
 
-    A sample without image tokens (text-only) gets the empty span (0, 0). ``image_runs="one"`` (LLaVA): the run
-    must be contiguous (one image per sample); a sample with two runs raises, naming it. ``"hull"`` (families
-    with row-break or tile tokens between runs of one image): from the first to one past the last image token,
-    what lies between included.
+    A sample without image tokens (text-only) gets the empty span (0, 0). ``image_runs="one"`` (LLaVA,
+    LLaVA-OneVision, Qwen, Gemma 3): the run must be contiguous (one image per sample); a sample with two runs
+    raises, naming it. ``"hull"`` (Mistral 3's rows between ``[IMG_BREAK]``, Idefics3's tiles between
+    ``<fake_token_around_image><row_i_col_j>``): from the first to one past the last image token, what lies
+    between included. The caller guarantees one image per sample there (:func:`encode_with_spans` checks it on
+    the processor's record of its replacements).
     """
     if image_runs not in IMAGE_RUNS:
         raise ValueError(f"image_runs must be one of {IMAGE_RUNS}, got {image_runs!r}")
@@ -219,6 +223,21 @@ def _apply_replacements(ranges: dict[str, tuple[int, int]], replacements) -> dic
     return {name: (shift(s), shift(e)) for name, (s, e) in ranges.items()}
 
 
+def _reports_replacements(processor) -> bool:
+    """Whether the processor's call takes ``return_text_replacement_offsets``: transformers' ``ProcessingKwargs``
+    declares it (5.24), or the call names it (tga_fast's ``ImageOnlyQwenVLProcessor``). A processor of an older or
+    a custom kind may do neither, and then gets no unknown option."""
+    import inspect
+
+    kwargs_type = getattr(type(processor), "valid_processor_kwargs", None)
+    if "return_text_replacement_offsets" in getattr(kwargs_type, "__annotations__", {}):
+        return True
+    try:
+        return "return_text_replacement_offsets" in inspect.signature(processor.__call__).parameters
+    except (TypeError, ValueError):  # a callable without a signature to read
+        return False
+
+
 def _encode_text_only(processor, texts: Sequence[str], call_kwargs: dict):
     """A batch without images: through the processor, or through its tokenizer where the processor's input check
     refuses text alone (PaliGemma's ``validate_inputs`` raises "images are expected"); the tokenizer then also
@@ -238,13 +257,13 @@ def _encode_text_only(processor, texts: Sequence[str], call_kwargs: dict):
     return tokenizer(list(texts), return_token_type_ids=wants_types, **call_kwargs)
 
 
-def _laid_out_texts(processor, texts: Sequence[str], images) -> list[str]:
+def _laid_out_texts(processor, texts: Sequence[str], images: list[list]) -> list[str]:
     """The prompts as the processor expands them: after its ``prepare_inputs_layout`` (transformers 5.x
-    ProcessorMixin; the texts unchanged for a processor without one)."""
+    ProcessorMixin; the texts unchanged for a processor without one). ``images``: one list per sample."""
     layout = getattr(processor, "prepare_inputs_layout", None)
     if layout is None:
         return list(texts)
-    laid = layout(images=[[image] for image in images], text=list(texts))[1]
+    laid = layout(images=images, text=list(texts))[1]
     return [laid] if isinstance(laid, str) else list(laid)
 
 
@@ -277,11 +296,12 @@ def encode_with_spans(
     """Tokenizes a batch with a processor (or a bare tokenizer) and finds the spans of its named pieces.
 
     Args:
-        processor: an HF processor with ``.tokenizer`` (LLaVA, LLaVA-NeXT) or a fast tokenizer.
+        processor: an HF processor with ``.tokenizer`` (LLaVA, LLaVA-NeXT...) or a fast tokenizer.
         texts: the rendered prompts (chat template applied), one per sample.
         pieces: per sample, ``{name: (char_start, char_end)}`` in the unexpanded text (see :func:`locate_pieces`);
             every sample names the same pieces.
-        images: passed to the processor with the texts (one image per sample, or None for text-only batches).
+        images: passed to the processor with the texts (one image per sample, or None for text-only batches; a
+            sample given a list of several images is refused where the processor reports its replacements).
         image_token_id: the model's image token; when given, an ``"image"`` span comes first.
         image_runs: the adapter's ``image_runs`` (see :func:`image_token_spans`).
 
@@ -295,9 +315,11 @@ def encode_with_spans(
     call_kwargs = dict(return_offsets_mapping=True, padding=True, return_tensors="pt", **encode_kwargs)
     if images is not None:
         # One list per sample: processors that group images by prompt (Gemma 3) need it, the others flatten it.
-        # Replacement offsets: where each placeholder went (ProcessorMixin.__call__ of transformers 5.x).
-        batch = processor(text=list(texts), images=[[image] for image in images],
-                          return_text_replacement_offsets=True, **call_kwargs)
+        images = [list(image) if isinstance(image, (list, tuple)) else [image] for image in images]
+        if _reports_replacements(processor):
+            # Where each placeholder went (ProcessorMixin.__call__ of transformers 5.x): see _apply_replacements.
+            call_kwargs.setdefault("return_text_replacement_offsets", True)
+        batch = processor(text=list(texts), images=images, **call_kwargs)
     else:
         batch = _encode_text_only(processor, texts, call_kwargs)
     offsets = batch.pop("offset_mapping")
@@ -315,6 +337,9 @@ def encode_with_spans(
     char_ranges = []
     for b, (text, sample_pieces) in enumerate(zip(texts, pieces)):
         if replacements is not None:
+            images_here = [r for r in replacements[b] if r.get("type", "image") == "image"]
+            if len(images_here) > 1:  # tga_fast pools one image per sample, whatever the runs rule
+                raise ValueError(f"sample {b} has {len(images_here)} images (one image per sample)")
             expanded = _apply_replacements(dict(sample_pieces), replacements[b])
         else:
             per_image = 1

@@ -1,13 +1,17 @@
 """Tiny random VLMs of the families beyond LLaVA, built offline from configs (nothing is downloaded).
 
 One registry, ``TINY_FAMILIES``: ``model_type -> TinyFamily`` (a builder of ``(model, processor)``), so the test
-matrix (``tests/models/test_families.py``) and any example runs over every family by one loop. Adding a family is
-one entry here plus one adapter entry in ``tga_fast/models/adapters.py``.
+matrices and any example run over every family by one loop: ``tests/models/test_families.py`` over part A's
+families (Qwen2-VL, Qwen2.5-VL, Gemma 3, PaliGemma), ``tests/models/test_families_b.py`` over part B's
+(LLaVA-OneVision, Mistral 3, Idefics3: several image runs, images of two shapes). Adding a family is one entry here
+plus one adapter entry in ``tga_fast/models/adapters.py``.
 
 Each processor is transformers' own processor class over the offline byte-level BPE of ``tiny.py`` (with the
-family's special tokens added) and the family's PIL ("slow") image processor: torchvision is not needed. Qwen2-VL
-and Qwen2.5-VL use :class:`~tga_fast.models.qwen_vl_processor.ImageOnlyQwenVLProcessor` (transformers 5.24 builds
-their processors only with torchvision).
+family's special tokens added) and the family's PIL ("slow") image processor: torchvision is not needed. Where
+transformers 5.24 builds a family's processor only with torchvision, a stand-in does the same for text and images:
+Qwen2-VL and Qwen2.5-VL use :class:`~tga_fast.models.qwen_vl_processor.ImageOnlyQwenVLProcessor`,
+LLaVA-OneVision ``LlavaNextProcessor`` (see :func:`_llava_onevision`), Mistral 3 a Pixtral-layout processor
+(:func:`_pixtral_rows_processor_class`; ``PixtralProcessor`` itself where torchvision is installed).
 
     model, processor = tiny_family("qwen2_vl")
     model, processor = TINY_FAMILIES["gemma3"].build(attn_implementation="eager")
@@ -22,7 +26,7 @@ from typing import Callable
 import torch
 
 from tga_fast.models.qwen_vl_processor import ImageOnlyQwenVLProcessor
-from tga_fast.models.tiny import _bpe_tokenizer
+from tga_fast.models.tiny import _bpe_tokenizer, _text_config
 
 __all__ = ["TINY_FAMILIES", "TinyFamily", "family_chat_template", "tiny_family"]
 
@@ -42,14 +46,14 @@ def family_chat_template(image_text: str) -> str:
     )
 
 
-def _tokenizer(special_tokens: tuple[str, ...], named: dict[str, str], image_text: str):
+def _tokenizer(special_tokens: tuple[str, ...], named: dict[str, str], image_text: str, vocab_size: int = 384):
     """An offline BPE ``PreTrainedTokenizerFast`` with ``<pad> <s> </s>`` plus ``special_tokens``; ``named`` gives
     the tokenizer's named multimodal tokens (``image_token``, ``boi_token``...) as transformers' processors read
-    them."""
+    them. ``vocab_size`` counts the special tokens: what is left are the BPE's bytes and merges."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(("<pad>", "<s>", "</s>", *special_tokens), 384),
+        tokenizer_object=_bpe_tokenizer(("<pad>", "<s>", "</s>", *special_tokens), vocab_size),
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
@@ -190,6 +194,153 @@ def _paligemma(attn_implementation: str = "sdpa", seed: int = 0):
     return _finish(tf.PaliGemmaForConditionalGeneration(config), attn_implementation), processor
 
 
+# ---- llava_onevision, mistral3, idefics3 (part B) ----------------------------------------------------------------
+# Towers of 2 layers, width 32, on 32x32 tiles of 8x8 patches; the text model is tiny.py's (4 blocks, hidden 64).
+# The placeholder is followed by a newline, as in tiny.py's LLaVA template. These families are tested on images of
+# two shapes, 40x70 and 70x40 (other tile grids, other rows), by tests/models/test_families_b.py. Their BPE keeps
+# 384 bytes and merges beside the special tokens (Idefics3 has 40): the text tokenizes alike in the three.
+_B_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+_TILE, _PATCH = 32, 8
+
+
+def _b_vocab(family_tokens: int) -> int:
+    """The vocabulary size of a part B tokenizer with ``family_tokens`` special tokens of its own."""
+    return 384 + 3 + family_tokens  # 3: <pad> <s> </s>
+
+
+def _llava_onevision(attn_implementation: str = "sdpa", seed: int = 0):
+    """SigLIP + Qwen2; anyres tiles with unpadding and a newline feature per row, all on ``<image>`` tokens (one
+    run). A 40x70 image gives 2 tiles: 16 base + 4x8 unpadded-grid features + 4 newlines = 52 tokens.
+
+    ``LlavaOnevisionProcessor`` cannot be built without torchvision (2026-12, transformers 5.24: its required video
+    processor's base class is not importable then), so the processor is ``LlavaNextProcessor`` over
+    ``LlavaOnevisionImageProcessorPil``: it counts the same ``base + unpadded + newline`` features as long as no
+    image exceeds OneVision's ``anyres_max_9`` budget, which a 32x32-tile model with at most 2 tiles never does
+    (the model's forward raises on any mismatch). Saved, it reloads as a ``LlavaNextProcessor``."""
+    import transformers as tf
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = _tokenizer(("<image>",), {"image_token": "<image>"}, "<image>\n", _b_vocab(1))
+    pinpoints = [[_TILE, _TILE], [_TILE, 2 * _TILE], [2 * _TILE, _TILE]]
+    config = tf.LlavaOnevisionConfig(
+        vision_config=tf.SiglipVisionConfig(**_B_VISION, image_size=_TILE, patch_size=_PATCH, vision_use_head=False),
+        text_config=_text_config("qwen2", len(tokenizer), tokenizer.pad_token_id, LAYERS, HIDDEN),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",  # SigLIP has no class token to drop
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": _TILE, "width": _TILE},
+                                                      image_grid_pinpoints=pinpoints)
+    processor = tf.LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=_PATCH, vision_feature_select_strategy="full",
+        num_additional_image_tokens=0, chat_template=tokenizer.chat_template,
+    )
+    torch.manual_seed(seed)
+    return _finish(tf.LlavaOnevisionForConditionalGeneration(config), attn_implementation), processor
+
+
+def _pixtral_rows_processor_class():
+    """A processor laying out an image as Pixtral does, for machines without torchvision.
+
+    transformers 5.24's ``PixtralProcessor`` lives in a module that imports torchvision at import time, so it does
+    not exist without it (2026-12, transformers 5.24). This stand-in is a plain ``ProcessorMixin`` (transformers'
+    own ``__call__``, kwargs merging, replacement offsets and save / load of its parts) over
+    ``PixtralImageProcessorPil``; it writes the layout of the Pixtral tokenizer format: per row of merged patches
+    ``[IMG]`` x width then ``[IMG_BREAK]``, the last ``[IMG_BREAK]`` turned into ``[IMG_END]``. The model's own
+    ``get_image_features`` checks its token count (the forward raises on any mismatch).
+    """
+    from transformers import ProcessorMixin
+
+    class PixtralRowsProcessor(ProcessorMixin):
+        def __init__(self, image_processor=None, tokenizer=None, merged_patch_size: int = 16, chat_template=None,
+                     image_token="[IMG]", image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]", **kwargs):
+            super().__init__(image_processor, tokenizer, chat_template=chat_template)
+            self.merged_patch_size = merged_patch_size
+            self.image_token, self.image_break_token = image_token, image_break_token
+            self.image_end_token = image_end_token
+            self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+        def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+            height, width = (int(v) for v in image_inputs["image_sizes"][image_idx])
+            row = self.image_token * (width // self.merged_patch_size) + self.image_break_token
+            rows = row * (height // self.merged_patch_size)
+            return rows[: -len(self.image_break_token)] + self.image_end_token
+
+    return PixtralRowsProcessor
+
+
+def _mistral3(attn_implementation: str = "sdpa", seed: int = 0):
+    """Pixtral tower (8x8 patches, 2x2 patch merging) + Mistral; ``PixtralProcessor`` where torchvision is
+    installed, else the stand-in of :func:`_pixtral_rows_processor_class`. Images are resized to a longest edge of
+    32 in 16-pixel merged patches: a 40x70 image gives 1 row of 2 ``[IMG]`` + ``[IMG_END]``, a 70x40 one 2 rows of
+    1 ``[IMG]`` (``[IMG] [IMG_BREAK] [IMG] [IMG_END]``: two runs)."""
+    import transformers as tf
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    tokenizer = _tokenizer(("[IMG]", "[IMG_BREAK]", "[IMG_END]"), {"image_token": "[IMG]"}, "[IMG]\n", _b_vocab(3))
+    text = _text_config("mistral", len(tokenizer), tokenizer.pad_token_id, LAYERS, HIDDEN)
+    text.sliding_window = None  # knockout does not apply a sliding window; the tiny model needs none
+    merge = 2
+    config = tf.Mistral3Config(
+        vision_config=tf.PixtralVisionConfig(**_B_VISION, head_dim=16, image_size=_TILE, patch_size=_PATCH),
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=merge,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    merged = _PATCH * merge  # images resized to whole merged patches, as PixtralProcessor asks its image processor
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": _TILE},
+                                               patch_size={"height": merged, "width": merged})
+    try:
+        from transformers import PixtralProcessor
+
+        processor = PixtralProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=_PATCH,
+                                     spatial_merge_size=merge, chat_template=tokenizer.chat_template)
+    except ImportError:  # no torchvision: see _pixtral_rows_processor_class
+        processor = _pixtral_rows_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
+                                                    merged_patch_size=merged, chat_template=tokenizer.chat_template)
+    torch.manual_seed(seed)
+    return _finish(tf.Mistral3ForConditionalGeneration(config), attn_implementation), processor
+
+
+_IDEFICS3_TOKENS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+)
+
+
+def _idefics3(attn_implementation: str = "sdpa", seed: int = 0):
+    """Idefics3 (SigLIP-like) tower with a pixel shuffle (scale 2: 4 tokens per 32x32 tile) + Llama;
+    ``Idefics3Processor`` resizes to a longest edge of 64 and splits into 32x32 tiles, each
+    ``<fake_token_around_image><row_i_col_j>`` + 4 ``<image>``, then the global image: a 40x70 image gives 2 tiles
+    + the global one = 12 image tokens in 3 runs."""
+    import transformers as tf
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    # The processor adds <fake_token_around_image>, <image> and <end_of_utterance> itself; having them (and the
+    # tile tags) in the vocabulary first keeps its vocabulary equal to the model's embedding table.
+    tokenizer = _tokenizer(_IDEFICS3_TOKENS, {"image_token": "<image>"}, "<image>\n", _b_vocab(len(_IDEFICS3_TOKENS)))
+    config = tf.Idefics3Config(
+        vision_config=tf.Idefics3VisionConfig(**_B_VISION, image_size=_TILE, patch_size=_PATCH),
+        text_config=_text_config("llama", len(tokenizer), tokenizer.pad_token_id, LAYERS, HIDDEN),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        tie_word_embeddings=False,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * _TILE}, max_image_size={"longest_edge": _TILE}, do_image_splitting=True
+    )
+    processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                     image_seq_len=(_TILE // _PATCH) ** 2 // 4, chat_template=tokenizer.chat_template)
+    if len(tokenizer) != config.text_config.vocab_size:
+        raise AssertionError("Idefics3Processor grew the vocabulary past the model's embedding table")
+    torch.manual_seed(seed)
+    return _finish(tf.Idefics3ForConditionalGeneration(config), attn_implementation), processor
+
+
 @dataclass(frozen=True)
 class TinyFamily:
     """One family of the test matrix.
@@ -212,6 +363,9 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "gemma3": TinyFamily("gemma3", _gemma3),
     "paligemma": TinyFamily("paligemma", _paligemma),
     # ---- part B ----
+    "llava_onevision": TinyFamily("llava_onevision", _llava_onevision, (40, 70)),
+    "mistral3": TinyFamily("mistral3", _mistral3, (40, 70)),
+    "idefics3": TinyFamily("idefics3", _idefics3, (40, 70)),
 }
 
 

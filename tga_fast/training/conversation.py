@@ -279,8 +279,11 @@ def encode_conversation(
     *,
     image_token_id: int | None,
     end_of_turn: frozenset[int],
+    image_runs: str = "one",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, dict]:
-    """Tokenizes a rendered conversation (with its image, a PIL image or None).
+    """Tokenizes a rendered conversation (with its image, a PIL image or None); ``image_runs`` is the model
+    family's (:func:`tga_fast.models.processors.image_runs_of`): Mistral 3's and Idefics3's image span is the hull
+    of its runs.
 
     Returns ``(input_ids [T], labels [T], student_spans [2, 2], image_inputs, token_inputs)``: labels hold the
     answers' tokens and their end-of-turn token, -100 elsewhere; the spans are (image, retrieved).
@@ -293,6 +296,7 @@ def encode_conversation(
         [rendered.ranges],
         images=[image] if image is not None else None,
         image_token_id=image_token_id,
+        image_runs=image_runs,
         **special_tokens_kwargs(tokenizer, [rendered.text]),
     )
     input_ids = batch.pop("input_ids")[0]
