@@ -60,4 +60,32 @@ def report() -> str:
     lines.append("dispatch (op: cpu / cuda):")
     for op in _library.OPS:
         lines.append(f"  {op:28s} {serving_implementation(op, 'cpu'):9s} / {serving_implementation(op, 'cuda')}")
+    lines += model_family_lines()
     return "\n".join(lines)
+
+
+def model_family_lines() -> list[str]:
+    """``model families (config.model_type):`` and one line per supported family: what runs on it, and any
+    note (a processor stand-in, an attention mask kept by knockout)."""
+    from tga_fast.models.adapters import ARCHITECTURES
+
+    lines = ["model families (config.model_type):"]
+    width = max(map(len, ARCHITECTURES))  # one column of descriptions, however long a family's name
+    for model_type in sorted(ARCHITECTURES):
+        arch = ARCHITECTURES[model_type]
+        if not arch.vision_tower:
+            lines.append(f"  {model_type:{width}s} text LLM: capture, knockout, steer, skip_layers, attention_shares, "
+                         "lens (the text side of the analyses; a base LLM for build-lvlm)")
+            continue
+        notes = []
+        if arch.text_backbones:
+            notes.append("backbones " + "/".join(arch.text_backbones))
+        if arch.attention_mask != "causal":
+            notes.append(f"own {arch.attention_mask} mask kept by knockout")
+        if arch.image_runs == "hull":
+            notes.append("image span = first to last image token")
+        inputs = arch.token_inputs + arch.image_inputs
+        if inputs:
+            notes.append("inputs " + ", ".join(inputs))
+        lines.append(f"  {model_type:{width}s} {arch.works}" + (f" [{'; '.join(notes)}]" if notes else ""))
+    return lines

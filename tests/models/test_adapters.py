@@ -1,7 +1,6 @@
 """Adapters: every supported family resolves; unknown families fail with the supported list."""
 
 import pytest
-import torch
 from torch import nn
 
 from tga_fast.models import resolve, supported_model_types
@@ -30,7 +29,9 @@ def test_unknown_family_lists_the_supported_ones():
     module.config = type("Config", (), {"model_type": "gpt2"})()
     with pytest.raises(ValueError, match="unsupported model family 'gpt2'.*llava"):
         resolve(module)
-    assert supported_model_types() == ["llama", "llava", "llava_next", "mistral", "qwen2"]
+    assert supported_model_types() == sorted(supported_model_types())
+    assert {"llama", "llava", "llava_next", "mistral", "qwen2", "qwen2_vl", "qwen2_5_vl", "gemma3", "paligemma",
+            "llava_onevision", "mistral3", "idefics3"} <= set(supported_model_types())
 
 
 def test_layer_numbers_are_checked(llm):

@@ -9,7 +9,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from tga_fast.errors import require_positive
-from tga_fast.models.processors import context_length, image_token_id_of, tokenizer_of
+from tga_fast.models.processors import context_length, image_runs_of, image_token_id_of, tokenizer_of
 from tga_fast.models.prompts import EncodedPrompts, Prompt, encode_prompts
 
 __all__ = [
@@ -95,7 +95,7 @@ def encode_for_model(model, processor, prompts: Sequence[Prompt], images: Sequen
     """``encode_prompts`` with the model's image token, its batch moved to the model (device, dtype) and its
     spans and marks on the same device."""
     encoded = encode_prompts(processor, prompts, images, image_token_id=image_token_id_of(model),
-                             max_length=context_length(model, processor))
+                             image_runs=image_runs_of(model), max_length=context_length(model, processor))
     device = model_device(model)
     return EncodedPrompts(
         batch=batch_to_model(encoded.batch, model),

@@ -24,7 +24,7 @@ from tga_fast.models.capture_hooks import Capture, StopForward, capture
 from tga_fast.models.hooks import hidden_from_pre_hook, hidden_of, layer_hook_points
 from tga_fast.models.interventions import knockout, skip_layers, steer
 from tga_fast.models.lens import logit_lens, states_at
-from tga_fast.models.processors import context_length, image_token_id_of, is_processor, tokenizer_of
+from tga_fast.models.processors import context_length, image_runs_of, image_token_id_of, is_processor, tokenizer_of
 from tga_fast.models.spans import (
     Spans,
     char_ranges_to_token_spans,
@@ -53,6 +53,7 @@ __all__ = [
     "encode_with_spans",
     "hidden_from_pre_hook",
     "hidden_of",
+    "image_runs_of",
     "image_token_id_of",
     "image_token_spans",
     "is_processor",

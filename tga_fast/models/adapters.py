@@ -8,7 +8,7 @@ adding one entry to ``ARCHITECTURES``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -32,6 +32,28 @@ class Architecture:
     # LoRA's default targets: the names of the attention and MLP projections inside a decoder block (a text
     # family's; a multimodal family takes its text backbone's). Matched only under ``decoder_layers``.
     lora_targets: tuple[str, ...] = ()
+    # How a sample's image tokens lie in ``input_ids`` (see ``tga_fast.models.spans.image_token_spans``): "one" = one
+    # contiguous run per sample (LLaVA: a split run is a bug and raises); "hull" = several runs per image (row-break
+    # or tile tokens between them), the image span covering the first to one past the last image token, the
+    # tokens in between included.
+    image_runs: str = "one"
+    # The model's own attention mask over a prompt: "causal", or "image_block" (Gemma 3: an image's tokens see each
+    # other bidirectionally), "prefix" (a prefix-LM: the prefix sees itself bidirectionally). ``knockout`` keeps a
+    # non-causal mask and hides the blocked keys inside it rather than running the causal fused op.
+    attention_mask: str = "causal"
+    # Per-token forward inputs of the family (``[B, T]``, padded with the input ids) beyond input_ids and
+    # attention_mask: what the processor returns and ``generate``/the collator must pass through.
+    token_inputs: tuple[str, ...] = ()
+    # Per-image forward inputs besides ``pixel_values`` (``image_grid_thw``, ``image_sizes``...).
+    image_inputs: tuple[str, ...] = ()
+    # What tga_fast runs on this family, for ``tga-fast env`` and the README (one line).
+    works: str = "capture, knockout, steer, skip_layers, attention_shares, analyses, TGA training (stage 1/2, LoRA)"
+
+    def __post_init__(self):
+        if self.image_runs not in ("one", "hull"):
+            raise ValueError(f"image_runs must be 'one' or 'hull', got {self.image_runs!r}")
+        if self.attention_mask not in ("causal", "image_block", "prefix"):
+            raise ValueError(f"attention_mask must be 'causal', 'image_block' or 'prefix', got {self.attention_mask!r}")
 
 
 _DECODER_ONLY = Architecture(
@@ -50,12 +72,78 @@ _LLAVA_LIKE = Architecture(
     text_backbones=("llama", "mistral", "qwen2"),
 )
 
+_LLAVA_NEXT = replace(_LLAVA_LIKE, image_inputs=("image_sizes",))
+
+# ---- families of issue 15, part A ----
+# Qwen2-VL / Qwen2.5-VL: the projector (the patch merger) sits inside the vision tower; 3-D rotary positions come
+# from ``mm_token_type_ids`` and ``image_grid_thw``.
+_QWEN_VL = Architecture(
+    decoder_layers=("model.language_model.layers",),
+    final_norm=("model.language_model.norm",),
+    input_embeddings=("model.language_model.embed_tokens",),
+    vision_tower=("model.visual",),
+    projector=("model.visual.merger",),
+    image_token_attrs=("image_token_id",),
+    lora_targets=_DECODER_ONLY.lora_targets,
+    token_inputs=("mm_token_type_ids",),
+    image_inputs=("image_grid_thw",),
+)
+# Gemma 3: a fixed number of soft tokens per image between <start_of_image> and <end_of_image>, seen
+# bidirectionally by each other (``token_type_ids`` marks them).
+_GEMMA3 = Architecture(
+    decoder_layers=("model.language_model.layers",),
+    final_norm=("model.language_model.norm",),
+    input_embeddings=("model.language_model.embed_tokens",),
+    vision_tower=("model.vision_tower",),
+    projector=("model.multi_modal_projector",),
+    image_token_attrs=("image_token_id", "image_token_index"),
+    lora_targets=_DECODER_ONLY.lora_targets,
+    attention_mask="image_block",
+    token_inputs=("token_type_ids",),
+)
+# PaliGemma: the image tokens first, then BOS and the prompt; a prefix-LM mask (``token_type_ids`` 0 = prefix,
+# seen bidirectionally; 1 = the answer, causal).
+_PALIGEMMA = replace(_GEMMA3, attention_mask="prefix")
+
+# ---- families of issue 15, part B ----
+# LLaVA-OneVision: SigLIP + Qwen2; anyres tiles, unpadding and one newline feature per row all sit on <image>
+# tokens: one run. (image_newline, a parameter beside the projector, is not part of it.)
+_LLAVA_ONEVISION = replace(_LLAVA_LIKE, text_backbones=("qwen2",), image_inputs=("image_sizes", "batch_num_images"))
+# Mistral 3: Pixtral tower; the projector holds the patch merger. An image is rows of [IMG] separated by
+# [IMG_BREAK] and closed by [IMG_END]: several runs, pooled as their hull (the breaks included).
+_MISTRAL3 = replace(
+    _LLAVA_LIKE, text_backbones=("mistral",), image_runs="hull", image_inputs=("image_sizes",),
+    works=_LLAVA_LIKE.works + "; load_model needs torchvision (transformers 5.24's PixtralProcessor imports it)",
+)
+# Idefics3 (SmolVLM): SigLIP-like tower + pixel-shuffle connector + Llama. Each tile is <fake_token_around_image>
+# <row_i_col_j> + its <image> run, then the global image: several runs, pooled as their hull.
+_IDEFICS3 = Architecture(
+    decoder_layers=("model.text_model.layers",),
+    final_norm=("model.text_model.norm",),
+    input_embeddings=("model.text_model.embed_tokens",),
+    vision_tower=("model.vision_model",),
+    projector=("model.connector",),
+    image_token_attrs=("image_token_id",),
+    text_backbones=("llama",),
+    image_runs="hull",
+    image_inputs=("pixel_attention_mask",),
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _DECODER_ONLY,
     "mistral": _DECODER_ONLY,
     "qwen2": _DECODER_ONLY,
     "llava": _LLAVA_LIKE,
-    "llava_next": _LLAVA_LIKE,
+    "llava_next": _LLAVA_NEXT,
+    # ---- part A ----
+    "qwen2_vl": _QWEN_VL,
+    "qwen2_5_vl": _QWEN_VL,
+    "gemma3": _GEMMA3,
+    "paligemma": _PALIGEMMA,
+    # ---- part B ----
+    "llava_onevision": _LLAVA_ONEVISION,
+    "mistral3": _MISTRAL3,
+    "idefics3": _IDEFICS3,
 }
 
 
@@ -77,6 +165,7 @@ class ModelParts:
     vision_tower: nn.Module | None
     projector: nn.Module | None
     image_token_id: int | None
+    architecture: Architecture | None = None
 
     @property
     def num_layers(self) -> int:
@@ -157,6 +246,7 @@ def resolve(model: nn.Module) -> ModelParts:
         vision_tower=_find(model, arch.vision_tower, "vision tower", model_type, required=bool(arch.vision_tower)),
         projector=_find(model, arch.projector, "projector", model_type, required=bool(arch.projector)),
         image_token_id=image_token_id,
+        architecture=arch,
     )
 
 

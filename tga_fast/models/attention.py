@@ -71,9 +71,14 @@ class AttentionModifier:
 
 @dataclass(eq=False)
 class BlockedKeys(AttentionModifier):
-    """``blocked``: bool ``[B, T_prompt]``; tokens generated after the prompt are never blocked."""
+    """``blocked``: bool ``[B, T_prompt]``; tokens generated after the prompt are never blocked.
+
+    ``within_model_mask``: the family's own mask is not causal (Gemma 3's bidirectional image block, a prefix-LM):
+    the blocked keys are removed from that mask (each stays visible to its own query only) instead of running the
+    causal fused op, which would silently make those blocks causal."""
 
     blocked: torch.Tensor
+    within_model_mask: bool = False
 
     def blocked_keys(self, num_keys: int, device: torch.device) -> torch.Tensor:
         blocked = self.blocked.to(device)
@@ -148,8 +153,28 @@ def _attention_forward(module, query, key, value, attention_mask, dropout=0.0, s
         modifier.observe(query, key, key_valid, blocked, scaling)
     if blocked is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if isinstance(attention_mask, torch.Tensor) and any(getattr(m, "within_model_mask", False) for m in stack):
+        visible = _without_blocked(attention_mask, blocked, query.shape[2])
+        return sdpa_attention_forward(module, query, key, value, visible, dropout=dropout, scaling=scaling, **kwargs)
     out = knockout_attention(query, key, value, blocked, scale=scaling, key_valid=key_valid)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _without_blocked(attention_mask: torch.Tensor, blocked: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """The model's own mask (``[B, 1, Tq, Tk]``, boolean or additive) with each blocked key hidden from every query
+    but its own (bool ``[B, 1, Tq, Tk]``). The queries are the last ``Tq`` of the ``Tk`` positions (a prefill or a
+    decoding step with the whole prompt in the cache). In a causal mask this is the fused op's rule ("invisible to
+    every later query"); in a bidirectional block it also hides the key from the queries before it, so no
+    information leaves a blocked token through the block."""
+    if attention_mask.dtype == torch.bool:
+        visible = attention_mask
+    else:
+        visible = attention_mask > torch.finfo(attention_mask.dtype).min
+    num_keys = blocked.shape[1]
+    keys = torch.arange(num_keys, device=blocked.device)
+    queries = keys[num_keys - num_queries :]
+    other = queries[:, None] != keys[None, :]  # [Tq, Tk]
+    return visible & ~(blocked[:, None, None, :] & other)
 
 
 def _register() -> None:

@@ -47,7 +47,12 @@ def attention_shares(
 ) -> Iterator[AttentionShares]:
     """Records, at decoder blocks ``blocks`` (1..N: block k produces ``hidden_states[k]``; default all), the share
     of the attention of query rows ``rows`` (int64 ``[B, R]``) that falls on ``key_set`` (bool ``[B, T]``), per
-    head (the paper averages over heads). The first full-sequence forward inside the context is recorded."""
+    head (the paper averages over heads). The first full-sequence forward inside the context is recorded.
+
+    The share is computed over the causal row (keys up to the query). In a family whose own mask is not causal
+    (the adapter's ``attention_mask``: Gemma 3's image block, PaliGemma's prefix) that is the model's row only for
+    queries that see nothing after them: the last prompt position (what the analyses probe), or text after the
+    image in Gemma 3."""
     parts = resolve(model)
     blocks = parts.check_blocks(range(1, parts.num_layers + 1) if blocks is None else blocks)
     result = AttentionShares(blocks)

@@ -101,6 +101,27 @@ def _check_family(config) -> str:
     return model_type
 
 
+def _check_processor(processor, model_type: str, source: str) -> None:
+    """Raises when ``AutoProcessor`` gave a multimodal family a bare tokenizer.
+
+    transformers falls back to the tokenizer, without a word, when the folder's processor class cannot be built
+    (transformers 5.24: ``PixtralProcessor``, Mistral 3's, imports torchvision); image prompts would then fail far
+    from the cause. (Qwen2-VL's processor, which needs torchvision only for videos, gets a stand-in first:
+    :func:`_load_processor`.)"""
+    from tga_fast.models.processors import is_processor
+
+    if is_processor(processor):
+        return
+    import importlib.util
+
+    hint = "" if importlib.util.find_spec("torchvision") else (
+        "; torchvision is not installed and some processors need it (Mistral 3's PixtralProcessor): pip install "
+        "torchvision"
+    )
+    raise UserError(f"{model_type} model {source}: AutoProcessor gave a {type(processor).__name__}, not an image "
+                    f"processor with a tokenizer{hint}")
+
+
 def _quantization_config(quantization: str, model_type: str, compute_dtype, options: dict | None):
     from transformers import BitsAndBytesConfig
 
@@ -117,6 +138,32 @@ def _quantization_config(quantization: str, model_type: str, compute_dtype, opti
             settings["bnb_4bit_compute_dtype"] = parse_dtype(settings["bnb_4bit_compute_dtype"], "cpu")
         return BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=skip, **settings)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, **(options or {}))
+
+
+# Families whose transformers processor needs torchvision only for videos (transformers 5.24), with tga_fast's
+# image-only stand-in: "<module>:<class>", imported on demand.
+_IMAGE_ONLY_PROCESSORS = {
+    "qwen2_vl": "tga_fast.models.qwen_vl_processor:ImageOnlyQwenVLProcessor",
+    "qwen2_5_vl": "tga_fast.models.qwen_vl_processor:ImageOnlyQwenVLProcessor",
+}
+
+
+def _load_processor(auto_processor, source: str, model_type: str, common: dict):
+    """The checkpoint's ``AutoProcessor``; where that needs torchvision (absent) for a family listed in
+    ``_IMAGE_ONLY_PROCESSORS``, its image-only stand-in (text and images behave the same; no videos)."""
+    try:
+        return auto_processor.from_pretrained(source, **common)
+    except ImportError as error:
+        if model_type not in _IMAGE_ONLY_PROCESSORS or "torchvision" not in str(error).lower():
+            raise
+    import importlib
+    import logging
+
+    module, name = _IMAGE_ONLY_PROCESSORS[model_type].split(":")
+    logging.getLogger(__name__).warning(
+        "%s: transformers' processor needs torchvision (for videos); using tga_fast's image-only %s", model_type, name
+    )
+    return getattr(importlib.import_module(module), name).from_pretrained(source, **common)
 
 
 def load_model(path, *, device: str | None = None, dtype=None, quantization: str | None = None,
@@ -169,7 +216,8 @@ def load_model(path, *, device: str | None = None, dtype=None, quantization: str
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-            processor = AutoProcessor.from_pretrained(source, **common)
+            processor = _load_processor(AutoProcessor, source, model_type, common)
+            _check_processor(processor, model_type, source)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 

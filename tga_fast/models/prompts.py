@@ -147,6 +147,7 @@ def encode_prompts(
     images: Sequence | None = None,
     *,
     image_token_id: int | None = None,
+    image_runs: str = "one",
     max_length: int | None = None,
     too_long: str = "warn",
     **encode_kwargs,
@@ -154,7 +155,8 @@ def encode_prompts(
     """Renders and tokenizes ``prompts`` (one image per prompt with ``image=True``, in order, in ``images``).
 
     A batch mixes image and text-only prompts only if the processor allows it; ``image_token_id`` (from
-    ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span. ``encode_kwargs`` go to the
+    ``tga_fast.models.resolve(model).image_token_id``) adds the ``image`` span; ``image_runs`` is the adapter's (see
+    :func:`tga_fast.models.spans.image_token_spans`). ``encode_kwargs`` go to the
     processor; ``add_special_tokens`` defaults to :func:`special_tokens_kwargs` (no second BOS).
 
     Prompts are never truncated (a cut prompt would lose the question at its end). One longer than the model's
@@ -182,7 +184,7 @@ def encode_prompts(
     encode_kwargs = {**special_tokens_kwargs(processor, texts), **encode_kwargs}
     batch, spans = encode_with_spans(
         processor, texts, pieces, images=list(images) if needed else None, image_token_id=image_token_id,
-        **encode_kwargs,
+        image_runs=image_runs, **encode_kwargs,
     )
     _check_length(batch["attention_mask"], context_length(processor=processor) if max_length is None else max_length,
                   too_long)

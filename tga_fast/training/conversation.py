@@ -279,8 +279,11 @@ def encode_conversation(
     *,
     image_token_id: int | None,
     end_of_turn: frozenset[int],
+    image_runs: str = "one",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, dict]:
-    """Tokenizes a rendered conversation (with its image, a PIL image or None).
+    """Tokenizes a rendered conversation (with its image, a PIL image or None); ``image_runs`` is the model
+    family's (:func:`tga_fast.models.processors.image_runs_of`): Mistral 3's and Idefics3's image span is the hull
+    of its runs.
 
     Returns ``(input_ids [T], labels [T], student_spans [2, 2], image_inputs, token_inputs)``: labels hold the
     answers' tokens and their end-of-turn token, -100 elsewhere; the spans are (image, retrieved).
@@ -293,6 +296,7 @@ def encode_conversation(
         [rendered.ranges],
         images=[image] if image is not None else None,
         image_token_id=image_token_id,
+        image_runs=image_runs,
         **special_tokens_kwargs(tokenizer, [rendered.text]),
     )
     input_ids = batch.pop("input_ids")[0]
@@ -313,6 +317,11 @@ def encode_conversation(
             labels[end : after + 1] = input_ids[end : after + 1]
     image_span = spans["image"][0] if "image" in spans.names else torch.zeros(2, dtype=torch.int64)
     student_spans = torch.stack([image_span, spans["retrieved"][0]])
-    token_inputs = {k: v[0] for k, v in batch.items() if v.dim() == 2 and v.shape[1] == length and k != "image_sizes"}
+    # The image processor's outputs are per image whatever their shape (Qwen2-VL's pixel_values are [patches, C]
+    # and could be as wide as the prompt is long); the rest, [1, T], is per token (token_type_ids...).
+    per_image = {"pixel_values", "image_sizes", *getattr(getattr(processor, "image_processor", None),
+                                                         "model_input_names", ())}
+    token_inputs = {k: v[0] for k, v in batch.items()
+                    if k not in per_image and v.dim() == 2 and v.shape[1] == length}
     image_inputs = {k: v for k, v in batch.items() if k not in token_inputs}
     return input_ids, labels, student_spans, image_inputs, token_inputs

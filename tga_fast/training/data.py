@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tga_fast.files import LineRecord, read_json_records, resolve_inside
+from tga_fast.models.processors import image_runs_of
 from tga_fast.retrieval.self_match import first_half, is_self_match
 from tga_fast.training.conversation import (
     EncodedSample,
@@ -226,6 +227,9 @@ class TGADataset(torch.utils.data.Dataset):
             collator to drop. The default keeps every batch full, which one sample per device needs (a batch with
             nothing left cannot step) and ZeRO-3 prefers (every rank runs the same forward).
         progress: show a progress bar while validating.
+        image_runs: how one image's tokens lie in the prompt (the adapter's ``image_runs``: "hull" for Mistral 3
+            and Idefics3, whose image is several runs); None: the processor's family's
+            (:func:`tga_fast.models.processors.image_runs_of`). Training passes the model's.
 
     Attributes:
         records: the valid :class:`Record` s; ``skipped``: ``[(key, reason)]`` of the records rejected at load;
@@ -250,6 +254,7 @@ class TGADataset(torch.utils.data.Dataset):
         replace_failed: bool = True,
         progress: bool = True,
         toxic_images: str = "reject",
+        image_runs: str | None = None,
     ):
         path = Path(path)
         if not path.is_file():
@@ -265,6 +270,7 @@ class TGADataset(torch.utils.data.Dataset):
         self.use_retrieved = use_retrieved
         self.replace_failed = replace_failed
         self.image_token_id = image_token_id_of(processor)
+        self.image_runs = image_runs_of(processor) if image_runs is None else image_runs
         self.end_of_turn = end_of_turn_ids(processor)
         self.records: list[Record] = []
         self.skipped: list[tuple[str, str]] = []
@@ -352,7 +358,8 @@ class TGADataset(torch.utils.data.Dataset):
             self.processor, record.turns, image=image is not None, retrieved=record.retrieved
         )
         input_ids, labels, spans, image_inputs, token_inputs = encode_conversation(
-            self.processor, rendered, image, image_token_id=self.image_token_id, end_of_turn=self.end_of_turn
+            self.processor, rendered, image, image_token_id=self.image_token_id, end_of_turn=self.end_of_turn,
+            image_runs=self.image_runs,
         )
         if image is not None and spans[0, 1] == spans[0, 0]:
             raise ValueError("the processor put no image token in the prompt")

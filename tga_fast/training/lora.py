@@ -54,7 +54,10 @@ def lora_target_regex(model: nn.Module, targets: list[str] | None = None) -> str
     parts = resolve(model)
     if targets is None:
         text_type = getattr(getattr(model.config, "text_config", None), "model_type", None) or parts.model_type
-        targets = list(ARCHITECTURES[text_type].lora_targets) if text_type in ARCHITECTURES else []
+        # A VLM whose text backbone is no family of its own here (Qwen2-VL's "qwen2_vl_text", Gemma 3's
+        # "gemma3_text") names its targets in its own entry.
+        owner = text_type if text_type in ARCHITECTURES else parts.model_type
+        targets = list(ARCHITECTURES[owner].lora_targets)
         if not targets:
             raise UserError(f"ModelConfig.lora_target: no default LoRA targets for {text_type!r}: name them")
     found = {name.rsplit(".", 1)[-1] for name, module in parts.decoder_layers.named_modules() if _is_linear(module)}

@@ -134,6 +134,7 @@ def train(
     from transformers import set_seed
 
     from tga_fast.models import resolve
+    from tga_fast.models.processors import image_runs_of
     from tga_fast.training.collator import TGACollator
     from tga_fast.training.conversation import check_content_order, set_chat_template
     from tga_fast.training.data import TGADataset
@@ -184,6 +185,7 @@ def train(
         use_retrieved=data_config.use_retrieved,
         toxic_images=data_config.toxic_images,
         progress=train_config.process_index == 0 and not train_config.disable_tqdm,
+        image_runs=image_runs_of(model),  # the model's family decides, whatever processor class it came with
     )
     if len(dataset) == 0:
         raise UserError(f"DataConfig.data_path: no valid record in {data_path} ({len(dataset.skipped)} skipped; first "

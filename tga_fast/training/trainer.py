@@ -29,6 +29,7 @@ from transformers import Trainer
 
 from tga_fast.models import capture, resolve
 from tga_fast.training.checkpoints import load_renamed_checkpoint
+from tga_fast.training.conversation import IGNORE_INDEX
 from tga_fast.training.config import TGAConfig
 from tga_fast.training.lora import PROJECTOR_FILE, is_peft_model
 from tga_fast.training.loss import tga_alignment_loss
@@ -50,6 +51,14 @@ EXTRA_KEYS = (
 )
 # Optional among them (a collator of an older layout may leave it out): the hinge then follows has_retrieved.
 _OPTIONAL_KEYS = ("hinge_mask",)
+
+
+def suffix_token_types(labels: torch.Tensor) -> torch.Tensor:
+    """A prefix-LM's ``token_type_ids`` (int64 ``[B, T]``) for a training batch: 0 on the prompt (the prefix, seen
+    bidirectionally), 1 from the first answer token on (labels ``[B, T]``, -100 off the answers): PaliGemma's
+    processor gives a ``suffix`` these types. Without them the whole conversation would be one bidirectional
+    prefix and each answer token would see the ones it must predict."""
+    return ((labels != IGNORE_INDEX).cumsum(dim=-1) > 0).to(torch.int64)
 
 
 class TGATrainer(Trainer):
@@ -80,6 +89,8 @@ class TGATrainer(Trainer):
                 "with the caption's token embeddings, not the paper's alignment of hidden states at the safety layers"
             )
         self._projector_trains = any(p.requires_grad for p in parts.projector.parameters()) if parts.projector else False
+        # A prefix-LM family (PaliGemma): the prompt is the bidirectional prefix, the answer the causal suffix.
+        self._prefix_lm = parts.architecture is not None and parts.architecture.attention_mask == "prefix"
         self._tga_sums: torch.Tensor | None = None  # [4 + L]: see _record
         self._tga_first_step = 0
 
@@ -97,6 +108,8 @@ class TGATrainer(Trainer):
         terms are scaled like the LM loss for gradient accumulation; nothing here reads a device value.
         """
         extras = {key: inputs.pop(key) for key in EXTRA_KEYS if key in inputs}
+        if self._prefix_lm and "labels" in inputs:
+            inputs["token_type_ids"] = suffix_token_types(inputs["labels"])
         unused = self._unused_projector_term(model, inputs)  # before the forward: see its docstring
         hf_model = self.accelerator.unwrap_model(model)  # hooks and train/eval flags; the forward runs through `model`
         training = hf_model.training
@@ -182,10 +195,13 @@ class TGATrainer(Trainer):
             with torch.no_grad(), capture(
                 hf_model, self.target_layers, extras["teacher_spans"], stop_after=max(self.target_layers)
             ) as cap:
+                # A prefix-LM's caption prompt is all prefix, as the student's prompt is (token type 0).
+                prefix = {"token_type_ids": torch.zeros_like(extras["teacher_input_ids"])} if self._prefix_lm else {}
                 model(
                     input_ids=extras["teacher_input_ids"],
                     attention_mask=extras["teacher_attention_mask"],
                     use_cache=False,
+                    **prefix,
                 )
         finally:
             for module, mode in modes:
