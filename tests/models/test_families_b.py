@@ -1,5 +1,5 @@
-"""Issue 15, part B: LLaVA-OneVision, Mistral 3 and Idefics3 through resolve, spans, capture, knockout, steer,
-generation, a TGATrainer step and load_model, on their tiny offline models (the part B block of
+"""The tiled families, LLaVA-OneVision, Mistral 3 and Idefics3, through resolve, spans, capture, knockout, steer,
+generation, a TGATrainer step and load_model, on their tiny offline models (their entries of
 ``tga_fast.models.tiny_families.TINY_FAMILIES``).
 
 One cheap smoke per family runs in the fast loop; the matrix is ``slow``. Each family's tiny model is built once

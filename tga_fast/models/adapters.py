@@ -74,7 +74,7 @@ _LLAVA_LIKE = Architecture(
 
 _LLAVA_NEXT = replace(_LLAVA_LIKE, image_inputs=("image_sizes",))
 
-# ---- families of issue 15, part A ----
+# ---- Qwen2-VL, Qwen2.5-VL, Gemma 3, PaliGemma ----
 # Qwen2-VL / Qwen2.5-VL: the projector (the patch merger) sits inside the vision tower; 3-D rotary positions come
 # from ``mm_token_type_ids`` and ``image_grid_thw``.
 _QWEN_VL = Architecture(
@@ -105,7 +105,7 @@ _GEMMA3 = Architecture(
 # seen bidirectionally; 1 = the answer, causal).
 _PALIGEMMA = replace(_GEMMA3, attention_mask="prefix")
 
-# ---- families of issue 15, part B ----
+# ---- LLaVA-OneVision, Mistral 3, Idefics3 ----
 # LLaVA-OneVision: SigLIP + Qwen2; anyres tiles, unpadding and one newline feature per row all sit on <image>
 # tokens: one run. (image_newline, a parameter beside the projector, is not part of it.)
 _LLAVA_ONEVISION = replace(_LLAVA_LIKE, text_backbones=("qwen2",), image_inputs=("image_sizes", "batch_num_images"))
@@ -135,12 +135,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": _DECODER_ONLY,
     "llava": _LLAVA_LIKE,
     "llava_next": _LLAVA_NEXT,
-    # ---- part A ----
+    # multimodal rotary positions, bidirectional image block, prefix LM
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
     "gemma3": _GEMMA3,
     "paligemma": _PALIGEMMA,
-    # ---- part B ----
+    # anyres tiles, row breaks, pixel-shuffled tiles
     "llava_onevision": _LLAVA_ONEVISION,
     "mistral3": _MISTRAL3,
     "idefics3": _IDEFICS3,

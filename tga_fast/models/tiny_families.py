@@ -1,9 +1,9 @@
 """Tiny random VLMs of the families beyond LLaVA, built offline from configs (nothing is downloaded).
 
 One registry, ``TINY_FAMILIES``: ``model_type -> TinyFamily`` (a builder of ``(model, processor)``), so the test
-matrices and any example run over every family by one loop: ``tests/models/test_families.py`` over part A's
-families (Qwen2-VL, Qwen2.5-VL, Gemma 3, PaliGemma), ``tests/models/test_families_b.py`` over part B's
-(LLaVA-OneVision, Mistral 3, Idefics3: several image runs, images of two shapes). Adding a family is one entry here
+matrices and any example run over every family by one loop: ``tests/models/test_families.py`` over Qwen2-VL,
+Qwen2.5-VL, Gemma 3 and PaliGemma, ``tests/models/test_families_b.py`` over LLaVA-OneVision, Mistral 3 and
+Idefics3 (several image runs, images of two shapes). Adding a family is one entry here
 plus one adapter entry in ``tga_fast/models/adapters.py``.
 
 Each processor is transformers' own processor class over the offline byte-level BPE of ``tiny.py`` (with the
@@ -68,7 +68,7 @@ def _finish(model, attn_implementation: str):
     return model.eval()
 
 
-# ---- qwen2_vl, qwen2_5_vl (part A) -------------------------------------------------------------------------------
+# ---- qwen2_vl, qwen2_5_vl -------------------------------------------------------------------------------------
 # 32x32 images in 8x8 patches (temporal patch 2: a still image is repeated) merged 2x2: 4x4 patches -> 4 image
 # tokens per image, between <|vision_start|> and <|vision_end|>. mrope_section sums to head_dim / 2 = 8.
 
@@ -121,7 +121,7 @@ def _qwen_vl(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     return _finish(model_class(config), attn_implementation), processor
 
 
-# ---- gemma3 (part A) ---------------------------------------------------------------------------------------------
+# ---- gemma3 ---------------------------------------------------------------------------------------------------
 # SigLIP on 32x32 images in 8x8 patches (16 patches) average-pooled to mm_tokens_per_image = 4 soft tokens,
 # rendered by the processor as "\n\n<start_of_image>" + 4 x <image_soft_token> + "<end_of_image>\n\n".
 
@@ -163,7 +163,7 @@ def _gemma3(attn_implementation: str = "sdpa", seed: int = 0):
     return _finish(model, attn_implementation), processor
 
 
-# ---- paligemma (part A) ------------------------------------------------------------------------------------------
+# ---- paligemma ------------------------------------------------------------------------------------------------
 # SigLIP on 32x32 images in 8x8 patches: 16 image tokens, put first by the processor ("<image>" x 16 + BOS +
 # prompt + "\n"); a Gemma text model. The processor adds <image> and its 1152 <loc>/<seg> tokens to the tokenizer.
 
@@ -194,7 +194,7 @@ def _paligemma(attn_implementation: str = "sdpa", seed: int = 0):
     return _finish(tf.PaliGemmaForConditionalGeneration(config), attn_implementation), processor
 
 
-# ---- llava_onevision, mistral3, idefics3 (part B) ----------------------------------------------------------------
+# ---- llava_onevision, mistral3, idefics3 ----------------------------------------------------------------------
 # Towers of 2 layers, width 32, on 32x32 tiles of 8x8 patches; the text model is tiny.py's (4 blocks, hidden 64).
 # The placeholder is followed by a newline, as in tiny.py's LLaVA template. These families are tested on images of
 # two shapes, 40x70 and 70x40 (other tile grids, other rows), by tests/models/test_families_b.py. Their BPE keeps
@@ -204,7 +204,7 @@ _TILE, _PATCH = 32, 8
 
 
 def _b_vocab(family_tokens: int) -> int:
-    """The vocabulary size of a part B tokenizer with ``family_tokens`` special tokens of its own."""
+    """The vocabulary size of a tiled family's tokenizer with ``family_tokens`` special tokens of its own."""
     return 384 + 3 + family_tokens  # 3: <pad> <s> </s>
 
 
@@ -357,12 +357,11 @@ class TinyFamily:
 
 
 TINY_FAMILIES: dict[str, TinyFamily] = {
-    # ---- part A ----
     "qwen2_vl": TinyFamily("qwen2_vl", lambda **kw: _qwen_vl("qwen2_vl", **kw)),
     "qwen2_5_vl": TinyFamily("qwen2_5_vl", lambda **kw: _qwen_vl("qwen2_5_vl", **kw)),
     "gemma3": TinyFamily("gemma3", _gemma3),
     "paligemma": TinyFamily("paligemma", _paligemma),
-    # ---- part B ----
+    # tiled families: images of two shapes
     "llava_onevision": TinyFamily("llava_onevision", _llava_onevision, (40, 70)),
     "mistral3": TinyFamily("mistral3", _mistral3, (40, 70)),
     "idefics3": TinyFamily("idefics3", _idefics3, (40, 70)),

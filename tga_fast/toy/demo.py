@@ -95,3 +95,25 @@ def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, th
                              "cpu_count": os.cpu_count()}
     save(out, result, per_seed)
     return result
+
+
+def rewrite_report(out) -> dict:
+    """Rebuilds ``result.json``, ``report.md`` and the figures of ``out`` from its seeds' own results (after a change
+    to the report's layout; nothing is trained or evaluated). The wall time and environment of the run are kept."""
+    import json
+
+    from tga_fast.toy.report import save
+    from tga_fast.toy.summary import summarize
+
+    out = Path(out)
+    previous = json.loads((out / "result.json").read_text())
+    per_seed = [json.loads((out / "seeds" / str(seed) / "result.json").read_text())
+                for seed in previous["seeds"]["list"]]
+    protocol = load_protocol().ablation(per_seed[0]["protocol"].get("ablation"))
+    if protocol.hash != per_seed[0]["protocol"]["hash"]:
+        raise ValueError(f"{out} was run under protocol {per_seed[0]['protocol']['hash']}, this is {protocol.hash}")
+    result = summarize(per_seed, protocol, previous["seeds"]["which"])
+    result["wall_time_s"] = previous.get("wall_time_s")
+    result["environment"] = previous.get("environment")
+    save(out, result, per_seed)
+    return result

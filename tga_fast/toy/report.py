@@ -131,6 +131,13 @@ def _pct(rate) -> str:
     return "n/a" if rate is None else f"{100 * rate:.0f}%"
 
 
+def _span(values) -> str:
+    """"3" or "3-6": the range of per-seed counts."""
+    values = list(values)
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _cell(c: dict) -> str:
     low, high = c["ci"]
     if c["mean"] is None:
@@ -172,10 +179,13 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
         f"{world['colours']} colours, new glyphs; a text LLM trained from scratch to refuse use-requests about toxic "
         "concepts (text only); a CLIP-like vision encoder trained on drawings of every concept; LLaVA assembled from "
         f"them ({world['image_tokens']} image tokens per image). Each seed holds out "
-        f"{len(world['heldout_toxic'])} toxic concepts (seed {first['seed']}: {', '.join(world['heldout_toxic'])}; "
-        "whole scenes among them) and some benign ones from every alignment (no image, caption or retrieved text of "
-        "them in training), and one colour per concept; the vision encoder and the text LLM know them all. Stage 1 "
-        f"(projector, captions) is shared; stage 2 trains each recipe from it on {world['alignment_images']} images "
+        f"{_span(len(r['world']['heldout_toxic']) for r in per_seed)} toxic concepts (whole scenes among them; per "
+        "seed in the table below) and "
+        f"{_span(len(r['world']['heldout_concepts']) - len(r['world']['heldout_toxic']) for r in per_seed)} benign "
+        "ones from every alignment (no image, caption or retrieved text of them in training), and one colour per "
+        "concept; the vision encoder and the text LLM know them all. Stage 1 "
+        f"(projector, captions) is shared; stage 2 trains each recipe from it on "
+        f"{_span(r['world']['alignment_images'] for r in per_seed)} images "
         "of seen combinations (describe, colour and benign use requests; no image is ever paired with a refusal) "
         "plus the text LLM's own requests as text replay, through `tga_fast.training.train` (TGATrainer).",
         "",
