@@ -75,6 +75,24 @@ def test_json_and_jsonl_load_the_same(tmp_path, processor):
         assert torch.equal(a.student_spans, b.student_spans) and torch.equal(a.teacher_input_ids, b.teacher_input_ids)
 
 
+def test_cached_encoding_is_the_encoding_done_once(tmp_path, processor, monkeypatch):
+    """``cache_encoded``: each record is encoded once and later reads return that encoding; without the cache
+    every read encodes again. The cached samples equal the uncached ones."""
+    path = write_llava_data(tmp_path, count=4)
+    plain = TGADataset(path, processor, progress=False)
+    cached = TGADataset(path, processor, progress=False, cache_encoded=True)
+    calls = []
+    for dataset in (plain, cached):
+        original = dataset._encode
+        monkeypatch.setattr(dataset, "_encode", lambda record, f=original, d=dataset: calls.append(d) or f(record))
+    for _ in range(2):
+        for i in range(len(cached)):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.student_spans, b.student_spans)
+    assert calls.count(plain) == 2 * len(plain) and calls.count(cached) == len(cached)
+    assert cached[0] is cached[0]
+
+
 def test_self_match_rule(tmp_path, processor):
     dataset = TGADataset(write_llava_data(tmp_path, count=8, bad_records=False), processor, progress=False)
     record = next(r for r in dataset.records if r.key == "img-1")  # its retrieved text is its caption

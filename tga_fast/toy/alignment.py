@@ -108,7 +108,8 @@ def run_stage(model_dir, data_path, image_folder, out_dir, *, stage: int, settin
     data = DataConfig(data_path=str(data_path), image_folder=str(image_folder), max_length=256,
                       use_retrieved=align or bool(recipe and recipe.retrieved_share),
                       text_replay_path=str(replay_path) if replay_path else None,
-                      text_replay_ratio=replay_ratio if replay_path else None)
+                      text_replay_ratio=replay_ratio if replay_path else None,
+                      cache_encoded=True)  # a few thousand small samples, seen about three times each
     tga = TGAConfig(align=align, target_layers=list(layers) if align else [1],
                     pair_weight=recipe.pair_weight if align else 0.0, hinge_weight=recipe.hinge_weight if align else 0.0)
     args = TrainConfig(

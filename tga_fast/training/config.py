@@ -148,6 +148,11 @@ class DataConfig:
         metadata={"help": "share of text-replay samples among an epoch's samples, in [0, 1) (drawn from the file with "
                   "the seed, repeated if it is short); unset: every record of text_replay_path once"},
     )
+    cache_encoded: bool = field(
+        default=False,
+        metadata={"help": "keep every encoded sample in memory after its first use (later epochs skip image decoding "
+                  "and tokenization); for data that fits in memory"},
+    )
     # Toxic samples are text-only (METHOD.md 4): the LM loss on a toxic image would be visual safety tuning.
     toxic_images: str = field(
         default="reject",

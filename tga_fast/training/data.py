@@ -230,6 +230,10 @@ class TGADataset(torch.utils.data.Dataset):
         image_runs: how one image's tokens lie in the prompt (the adapter's ``image_runs``: "hull" for Mistral 3
             and Idefics3, whose image is several runs); None: the processor's family's
             (:func:`tga_fast.models.processors.image_runs_of`). Training passes the model's.
+        cache_encoded: keep each record's encoding in memory after its first use, so later epochs skip the image
+            decoding, the chat template and the tokenization (the encoding is a pure function of the record:
+            identical records share it). For data that fits in memory (the miniature world); a DataLoader worker
+            keeps its own cache. A failed encoding is never cached.
 
     Attributes:
         records: the valid :class:`Record` s; ``skipped``: ``[(key, reason)]`` of the records rejected at load;
@@ -255,6 +259,7 @@ class TGADataset(torch.utils.data.Dataset):
         progress: bool = True,
         toxic_images: str = "reject",
         image_runs: str | None = None,
+        cache_encoded: bool = False,
     ):
         path = Path(path)
         if not path.is_file():
@@ -277,6 +282,7 @@ class TGADataset(torch.utils.data.Dataset):
         self.dropped: list[tuple[str, str]] = []
         self.self_matched = 0
         self.toxic_images_dropped = 0
+        self._encoded: dict[Record, EncodedSample] | None = {} if cache_encoded else None
         fields = dict(
             retrieved_field=retrieved_field, caption_field=caption_field, toxic_field=toxic_field,
             use_retrieved=use_retrieved, toxic_images=toxic_images,
@@ -338,9 +344,14 @@ class TGADataset(torch.utils.data.Dataset):
 
     def encode(self, record: Record) -> EncodedSample | DroppedSample:
         """Loads the image and tokenizes ``record``; a failure is logged, kept in ``dropped`` and returned as a
-        :class:`DroppedSample`."""
+        :class:`DroppedSample`. With ``cache_encoded`` a record is encoded once."""
+        if self._encoded is not None and record in self._encoded:
+            return self._encoded[record]
         try:
-            return self._encode(record)
+            sample = self._encode(record)
+            if self._encoded is not None:
+                self._encoded[record] = sample
+            return sample
         except Exception as error:  # any failure is this sample's problem, never the epoch's
             reason = f"{type(error).__name__}: {error}"
             self.dropped.append((record.key, reason))

@@ -186,6 +186,7 @@ def train(
         toxic_images=data_config.toxic_images,
         progress=train_config.process_index == 0 and not train_config.disable_tqdm,
         image_runs=image_runs_of(model),  # the model's family decides, whatever processor class it came with
+        cache_encoded=data_config.cache_encoded,
     )
     if len(dataset) == 0:
         raise UserError(f"DataConfig.data_path: no valid record in {data_path} ({len(dataset.skipped)} skipped; first "
