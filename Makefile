@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 
 # The development loop: everything but the tests marked `slow` (multi-process DeepSpeed, the demo world, CLI
 # subprocesses), in two pytest-xdist workers of one thread each (the tests are small: two one-thread processes
-# use two cores better than one two-thread process); 42-48 s here. `make test` (and CI) runs everything.
+# use two cores better than one two-thread process); about 50 s here. `make test` (and CI) runs everything.
 test-fast: $(VENV)/.installed
 	OMP_NUM_THREADS=1 TRITON_INTERPRET=1 TGA_FAST_STRICT=1 $(PY) -m pytest -q -n 2 -m "not slow" tests
 
