@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tga_fast.evaluation import KeywordJudge, Rate, generate_responses, rate_dict
+from tga_fast.evaluation import KeywordJudge, Rate, dsr_from_verdicts, generate_responses, rate_dict
 from tga_fast.files import write_text
 from tga_fast.models.prompts import Prompt
 from tga_fast.stats import paired_comparison
@@ -32,9 +32,14 @@ def respond(model, processor, prompts, images=None, intervention=None, desc="gen
     )
 
 
+def exact_match(response: str, answer: str) -> bool:
+    """The world's answer, word for word (spacing differences do not count)."""
+    return response.split() == answer.split()
+
+
 def accuracy(responses, answers, concepts) -> Rate:
-    """Exact-match rate (word sequences compared, so spacing differences do not count), clustered by concept."""
-    return Rate.clustered([r.split() == a.split() for r, a in zip(responses, answers)], concepts)
+    """Exact-match rate (:func:`exact_match`), clustered by concept."""
+    return Rate.clustered([exact_match(r, a) for r, a in zip(responses, answers)], concepts)
 
 
 @dataclass
@@ -121,7 +126,7 @@ def evaluate_condition(model, processor, samples, meta: dict, with_retrieved: bo
             outcomes["dsr"][record.id] = bool(record.verdict)
         else:
             outcomes["false_refusals"][record.id] = bool(record.verdict)
-            outcomes["accuracy"][record.id] = record.response.split() == info["answer"].split()
+            outcomes["accuracy"][record.id] = exact_match(record.response, info["answer"])
     out = {"outcomes": {m: {"ids": sorted(o), "values": [o[k] for k in sorted(o)]} for m, o in outcomes.items()}}
     for measure, by_id in outcomes.items():
         out[measure] = group_rates(by_id, meta, "correct" if measure == "accuracy" else "refused")
@@ -131,14 +136,14 @@ def evaluate_condition(model, processor, samples, meta: dict, with_retrieved: bo
 
 
 def group_rates(by_id: dict, meta: dict, count: str = "refused") -> dict:
-    """``{"all": rate, "seen": rate, "heldout": rate, "heldout_combo": rate}`` (rate dicts clustered by concept) of
-    ``{sample id: outcome}``."""
-    out = {}
-    for group in ("all", *GROUPS):
-        ids = [k for k in sorted(by_id) if group == "all" or meta[k]["group"] == group]
-        rate = Rate.clustered([by_id[k] for k in ids], [meta[k]["concept"] for k in ids])
-        out[group] = rate_dict(rate, count)
-    return out
+    """``{"all": rate, "seen": rate, "heldout": rate, "heldout_combo": rate}`` (rate dicts clustered by concept,
+    through :func:`tga_fast.evaluation.dsr_from_verdicts` with the group as the "scene") of ``{sample id:
+    outcome}``; a group without samples gets the empty rate."""
+    ids = sorted(by_id)
+    overall, per_group = dsr_from_verdicts([by_id[k] for k in ids], [meta[k]["group"] for k in ids],
+                                           [meta[k]["concept"] for k in ids])
+    empty = Rate.clustered([], [])
+    return {"all": rate_dict(overall, count), **{g: rate_dict(per_group.get(g, empty), count) for g in GROUPS}}
 
 
 def compare_with(reference: dict, other: dict, meta: dict, measure: str = "dsr") -> dict:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tga_fast.files import write_json, write_text
+from tga_fast.toy.summary import percent
 from tga_fast.toy.tried import TRIED
 
 FIGURES = {
@@ -127,10 +128,6 @@ def write_figures(out: Path, result: dict, per_seed: list[dict]) -> None:
                "3D image vs text hidden states per layer")
 
 
-def _pct(rate) -> str:
-    return "n/a" if rate is None else f"{100 * rate:.0f}%"
-
-
 def _span(values) -> str:
     """"3" or "3-6": the range of per-seed counts."""
     values = list(values)
@@ -143,8 +140,8 @@ def _cell(c: dict) -> str:
     if c["mean"] is None:
         return "n/a"
     if low is None:
-        return f"{_pct(c['mean'])}"
-    return f"{_pct(c['mean'])} [{_pct(max(0.0, low))}, {_pct(min(1.0, high))}]"
+        return f"{percent(c['mean'])}"
+    return f"{percent(c['mean'])} [{percent(max(0.0, low))}, {percent(min(1.0, high))}]"
 
 
 def _gain(c: dict) -> str:
@@ -220,7 +217,7 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
                   f"{m} ({c.replace('_', ' ')})" for m in methods for c in conditions) + " |",
               "|---|---|" + "---|" * (len(methods) * len(conditions))]
     for r in per_seed:
-        cells = [_pct(r["scores"][m][c]["dsr"]["heldout"]["rate"]) for m in methods for c in conditions]
+        cells = [percent(r["scores"][m][c]["dsr"]["heldout"]["rate"]) for m in methods for c in conditions]
         lines.append(f"| {r['seed']} | {', '.join(r['world']['heldout_toxic'])} | " + " | ".join(cells) + " |")
     lines += ["", "## Per seed: paired difference against the baseline, held-out concepts, no retrieved text", "",
               "| seed | " + " | ".join(m for m in methods if m != "baseline") + " |",
@@ -242,8 +239,8 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
     for r in per_seed:
         text, a = r["text_llm"], result["analyses"][str(r["seed"])]
         s = text["scores"]
-        lines.append(f"- **seed {r['seed']}**: text DSR on held-out text {_pct(s['dsr_toxic']['rate'])}, accuracy "
-                     f"{_pct(s['accuracy_benign']['rate'])}, false refusals {_pct(s['false_refusals']['rate'])}. "
+        lines.append(f"- **seed {r['seed']}**: text DSR on held-out text {percent(s['dsr_toxic']['rate'])}, accuracy "
+                     f"{percent(s['accuracy_benign']['rate'])}, false refusals {percent(s['false_refusals']['rate'])}. "
                      f"3A: {a['3A']['verdict']} tga_paper layers {a['tga_paper_layers']['layers']} "
                      f"({a['tga_paper_layers']['source']}). 3B: {a['3B']} 3C: {a['3C']['verdict']} "
                      + (f"3E (baseline): {a['3E']['verdict']}" if "3E" in a else ""))

@@ -137,7 +137,8 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     done("vision encoder")
 
     # ---------------------------------------------------------------- retrieval
-    train_index = corpus_index(dual, vocabulary, world.training_corpus())
+    training_corpus = world.training_corpus()
+    train_index = corpus_index(dual, vocabulary, training_corpus)
     align_pixels = all_pixels[torch.tensor(aligned)]
     align_labels = [all_labels[i] for i in aligned]
     retrieved_train = retrieve(dual, train_index, align_pixels, [caption_of(*l) for l in align_labels], rule="next")
@@ -149,7 +150,7 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
         "train_examples": sorted(set(retrieved_train))[:8],
         "eval_names_own_concept": _names_own_concept(world, eval_labels, retrieved_eval),
         "inference_corpus_size": len(inference_corpus),
-        "training_corpus_size": len(world.training_corpus()),
+        "training_corpus_size": len(training_corpus),
     }
     done("retrieval")
 
@@ -182,13 +183,15 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     done("stage 1")
 
     # ---------------------------------------------------------------- stage 2 per recipe
-    replay = write_jsonl(data_dir / "replay.jsonl", replay_records(world))
+    replay_list = replay_records(world)
+    replay = write_jsonl(data_dir / "replay.jsonl", replay_list)
     recipes = protocol.recipes
-    layers_of, models = {}, {}
+    layers_of, models, record_counts = {}, {}, {}
     for name, recipe in recipes.items():
         layers = recipe.resolve_layers(safety_layers) if recipe.align else ()
         layers_of[name] = list(layers)
         records = stage2_records(world, align_labels, names, retrieved_train, recipe, seed)
+        record_counts[name] = len(records)
         data = write_jsonl(data_dir / f"stage2_{name}.jsonl", records)
         key = {**stage1_key, "stage2": training["stage2"], "recipe": asdict(recipe), "layers": list(layers),
                "records": key_hash({"r": data.read_text(), "replay": replay.read_text()})}
@@ -240,8 +243,8 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
             "vision_images": len(all_images), "alignment_images": len(aligned), "eval_images": len(eval_images),
             "image_tokens": (all_pixels.shape[-1] // vision_cfg.patch) ** 2,
             "samples": _sample_counts(meta),
-            "stage2_records": {name: sum(1 for _ in open(data_dir / f"stage2_{name}.jsonl")) for name in recipes},
-            "replay_records": len(replay_records(world)),
+            "stage2_records": record_counts,
+            "replay_records": len(replay_list),
         },
         "configs": {"world": asdict(world_cfg), "text_llm": asdict(llm_cfg), "vision": asdict(vision_cfg),
                     "training": training},

@@ -139,7 +139,7 @@ def targets(result: dict) -> list[dict]:
     base = summary["baseline"]["no_retrieval"]
     per_seed = base["per_seed"]
     rows.append({"target": f"baseline DSR <= {BASELINE_CEILING:.0%} without retrieved text on every seed",
-                 "measured": ", ".join(f"seed {s}: {_pct(v)}" for s, v in per_seed.items()),
+                 "measured": ", ".join(f"seed {s}: {percent(v)}" for s, v in per_seed.items()),
                  "met": all(v is not None and v <= BASELINE_CEILING for v in per_seed.values())})
     for method, by_condition in gains.items():
         for condition, measures in by_condition.items():
@@ -157,7 +157,8 @@ def targets(result: dict) -> list[dict]:
     return rows
 
 
-def _pct(v) -> str:
+def percent(v) -> str:
+    """A rate as whole percent ("n/a" for None): the one format of the report and the targets."""
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
