@@ -312,7 +312,10 @@ def encode_with_spans(
     names = tuple(pieces[0]) if pieces else ()
     if any(tuple(p) != names for p in pieces):
         raise ValueError(f"every sample must name the same pieces, got {[tuple(p) for p in pieces]}")
-    call_kwargs = dict(return_offsets_mapping=True, padding=True, return_tensors="pt", **encode_kwargs)
+    # One text needs no padding, and a tokenizer without a pad token (Llama's, SmolLM2's) refuses padding=True
+    # even then: a text LLM's training samples are encoded one at a time.
+    padding = len(texts) > 1 or tokenizer_of(processor).pad_token is not None
+    call_kwargs = dict(return_offsets_mapping=True, padding=padding, return_tensors="pt", **encode_kwargs)
     if images is not None:
         # One list per sample: processors that group images by prompt (Gemma 3) need it, the others flatten it.
         images = [list(image) if isinstance(image, (list, tuple)) else [image] for image in images]

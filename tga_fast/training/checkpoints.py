@@ -97,10 +97,24 @@ def _weights_problem(folder: Path, deepspeed: bool) -> str | None:
         return None
     if any(folder.glob("adapter_model.*")) and not deepspeed:
         # a LoRA checkpoint: the adapter, and the projector that trains in full beside it (TGATrainer._save)
-        return _safetensors_problem(folder / "projector.safetensors")
+        return _safetensors_problem(folder / "projector.safetensors") if _adapter_has_projector(folder) else None
     if deepspeed or any(folder.glob("pytorch_model*.bin")):
         return None
     return f"no model weights ({SINGLE_FILE}, {INDEX_FILE} or a DeepSpeed global_step folder)"
+
+
+def _adapter_has_projector(folder: Path) -> bool:
+    """Whether a LoRA checkpoint's base model (peft's ``base_model_name_or_path``, read before any model is loaded)
+    is of a family with a projector; False only for a text LLM's adapter, which has no projector file beside it.
+    True when the base cannot be read: the projector file is then required, as before text LLMs trained."""
+    from tga_fast.models.adapters import ARCHITECTURES
+
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model_type = json.loads((Path(base) / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return model_type not in ARCHITECTURES or bool(ARCHITECTURES[model_type].projector)
 
 
 def checkpoint_problems(folder: str | Path) -> list[str]:

@@ -55,7 +55,8 @@ class ModelConfig:
     )
     train_llm: bool = field(
         default=False,
-        metadata={"help": "stage 2: train the LLM with the projector; False: projector only (stage 1, or stage 2's option)"},
+        metadata={"help": "stage 2: train the LLM with the projector; False: projector only (stage 1, or stage 2's "
+                  "option); a text-only LLM (no projector) needs True"},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     dtype: str = field(
@@ -279,7 +280,8 @@ class TrainConfig(TrainingArguments):
         },
     )
     export_projector: bool = field(
-        default=True, metadata={"help": "write <output_dir>/projector.safetensors at the end (gathered under ZeRO-3)"}
+        default=True, metadata={"help": "write <output_dir>/projector.safetensors at the end (gathered under ZeRO-3); "
+                                "skipped for a text-only LLM, which has no projector"}
     )
     group_by_modality: bool = field(
         default=True,

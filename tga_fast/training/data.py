@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tga_fast.errors import UserError
 from tga_fast.files import LineRecord, read_json_records, resolve_inside
 from tga_fast.models.processors import image_runs_of
 from tga_fast.retrieval.self_match import first_half, is_self_match
@@ -305,7 +306,9 @@ class TGADataset(torch.utils.data.Dataset):
             logger.warning("%s: %d toxic records trained text-only, without their image (toxic_images='zero', the "
                            "released code's behaviour)", path, self.toxic_images_dropped)
         if self.image_token_id is None and any(r.image is not None for r in self.records):
-            raise ValueError("the data has image samples but `processor` is not a multimodal processor")
+            count = sum(r.image is not None for r in self.records)
+            raise UserError(f"{path}: {count} records have an image but `processor` is not a multimodal processor "
+                            "(a text LLM's tokenizer): a text-only LLM trains on records without 'image'")
 
     def _log_summary(self) -> None:
         if not self.skipped:

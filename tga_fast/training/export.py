@@ -113,8 +113,8 @@ def load_projector(model: nn.Module, path: str | Path) -> list[str]:
 
 
 def export_merged(base: str | Path, adapter: str | Path, out: str | Path, *, dtype: str = "float32") -> Path:
-    """The LoRA run's adapter merged into its base model, with the trained projector: a plain HF folder (model and
-    processor) that ``load_model`` and ``transformers`` load without peft.
+    """The LoRA run's adapter merged into its base model, with the trained projector (a VLM's): a plain HF folder
+    (model and processor, or tokenizer for a text LLM) that ``load_model`` and ``transformers`` load without peft.
 
     ``base``: the model folder the run started from; ``adapter``: the folder :func:`~tga_fast.training.lora.save_adapter`
     wrote. The base is reloaded unquantised in ``dtype`` (a QLoRA run's 4-bit weights are not merged into: their

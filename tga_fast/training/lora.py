@@ -5,8 +5,10 @@ The adapters go on the LLM's attention and MLP projections (the text family's ``
 ``tga_fast/models/adapters.py``), matched only inside its decoder blocks, so the vision tower (whose attention
 layers have the same names in CLIP) and the projector are never adapted. The projector stays a plain module that
 trains in full, as in LLaVA's own LoRA recipe; it is saved next to the adapter as ``projector.safetensors``, since
-peft's adapter files hold only the adapter. With a 4-bit LLM (QLoRA) peft's ``prepare_model_for_kbit_training``
-readies the model; transformers' Trainer accepts a quantised model only with such adapters.
+peft's adapter files hold only the adapter. A plain text LLM (no projector: text safety tuning before an LVLM
+is built from it) gets the same adapters and no projector file. With a 4-bit LLM (QLoRA) peft's
+``prepare_model_for_kbit_training`` readies the model; transformers' Trainer accepts a quantised model only with
+such adapters.
 
     model = apply_lora(model, model_config)                      # after freeze_for_stage(model, train_llm=False)
     save_adapter(model, "out/adapter")                            # adapter_config.json, adapter_model.safetensors,
@@ -27,7 +29,8 @@ from tga_fast.errors import UserError
 from tga_fast.models import resolve
 from tga_fast.models.adapters import ARCHITECTURES
 
-__all__ = ["PROJECTOR_FILE", "apply_lora", "is_peft_model", "lora_target_regex", "load_adapter", "save_adapter"]
+__all__ = ["PROJECTOR_FILE", "apply_lora", "has_projector", "is_peft_model", "lora_target_regex", "load_adapter",
+           "save_adapter"]
 
 logger = logging.getLogger(__name__)
 PROJECTOR_FILE = "projector.safetensors"
@@ -36,6 +39,12 @@ PROJECTOR_FILE = "projector.safetensors"
 def is_peft_model(model: nn.Module) -> bool:
     """True for a peft ``PeftModel`` (without importing peft when it is not installed)."""
     return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
+
+
+def has_projector(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model inside a DeepSpeed/DDP wrapper) has a projector to save beside its adapter:
+    False for a text LLM."""
+    return resolve(getattr(model, "module", model)).projector is not None
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
@@ -78,7 +87,8 @@ def _is_linear(module: nn.Module) -> bool:
 
 def apply_lora(model: nn.Module, config) -> nn.Module:
     """Wraps ``model`` in a peft ``PeftModel`` with LoRA adapters per ``config`` (a ``ModelConfig``: ``lora_r``,
-    ``lora_alpha`` (default 2r), ``lora_dropout``, ``lora_target``) and keeps the projector trainable.
+    ``lora_alpha`` (default 2r), ``lora_dropout``, ``lora_target``) and keeps the projector trainable (a text LLM
+    has none: only the adapters train).
 
     Call after ``freeze_for_stage(model, train_llm=False)``: only the adapters and the projector train. A 4-bit
     model goes through ``prepare_model_for_kbit_training`` first (it casts the unquantised weights to fp32, so
@@ -102,14 +112,15 @@ def apply_lora(model: nn.Module, config) -> nn.Module:
         bias="none",
     )
     peft_model = get_peft_model(model, lora)
-    # peft freezes every non-adapter weight: the projector trains in full (METHOD.md 4)
-    projector.requires_grad_(True)
+    if projector is not None:  # peft freezes every non-adapter weight: the projector trains in full (METHOD.md 4)
+        projector.requires_grad_(True)
     return peft_model
 
 
 def save_adapter(model: nn.Module, folder: str | Path) -> Path:
-    """Writes the adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``) and
-    ``projector.safetensors`` to ``folder``; returns it. Call on one process (ZeRO-2 and DDP hold full weights)."""
+    """Writes the adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``) and,
+    for a VLM, ``projector.safetensors`` to ``folder``; returns it. Call on one process (ZeRO-2 and DDP hold full
+    weights)."""
     from tga_fast.training.export import export_projector
 
     folder = Path(folder)
@@ -117,18 +128,21 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     if not is_peft_model(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapter (apply_lora first)")
     model.save_pretrained(str(folder))
-    export_projector(model, folder / PROJECTOR_FILE)
+    if has_projector(model):
+        export_projector(model, folder / PROJECTOR_FILE)
     return folder
 
 
 def load_adapter(model: nn.Module, folder: str | Path, *, is_trainable: bool = False) -> nn.Module:
-    """A ``PeftModel`` of ``model`` (the base LLaVA) with the adapter of ``folder`` and its trained projector."""
+    """A ``PeftModel`` of ``model`` (the base LLaVA, or a text LLM) with the adapter of ``folder`` and, for a VLM,
+    its trained projector."""
     from peft import PeftModel
 
     from tga_fast.training.export import load_projector
 
     folder = Path(folder)
-    if not (folder / PROJECTOR_FILE).is_file():
-        raise FileNotFoundError(f"{folder} has no {PROJECTOR_FILE}: not a tga_fast LoRA adapter folder")
-    load_projector(model, folder / PROJECTOR_FILE)
+    if has_projector(model):
+        if not (folder / PROJECTOR_FILE).is_file():
+            raise FileNotFoundError(f"{folder} has no {PROJECTOR_FILE}: not a tga_fast LoRA adapter folder")
+        load_projector(model, folder / PROJECTOR_FILE)
     return PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)

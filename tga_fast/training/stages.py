@@ -3,6 +3,9 @@
 Stage 1 (pretraining): the projector only. Stage 2 (fine-tuning): the projector and the LLM, or the projector
 only. The vision tower is frozen in every stage. A projector-only run may hold the LLM in 4 bits
 (bitsandbytes), with the vision tower, the projector and the lm_head kept unquantised.
+
+A plain text LLM (a ``*ForCausalLM``: no vision tower, no projector, :func:`is_text_llm`) trains whole, or
+through LoRA adapters: text safety tuning of the LLM an LVLM is later built from.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from tga_fast.models import resolve
 from tga_fast.errors import UserError
 from tga_fast.training.config import ModelConfig
 
-__all__ = ["freeze_for_stage", "keep_4bit_layers_differentiable", "load_model", "parameter_counts"]
+__all__ = ["freeze_for_stage", "is_text_llm", "keep_4bit_layers_differentiable", "load_model", "parameter_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,33 +80,45 @@ def keep_4bit_layers_differentiable(model: nn.Module) -> int:
     return count
 
 
+def is_text_llm(model: nn.Module) -> bool:
+    """True for a plain text LLM (its family has neither a vision tower nor a projector), which trains with the LM
+    loss alone; False for a vision-language model."""
+    parts = resolve(model)
+    return parts.vision_tower is None and parts.projector is None
+
+
 def freeze_for_stage(model: nn.Module, train_llm: bool) -> dict[str, int]:
     """Sets ``requires_grad``: the projector trains, the LLM trains only with ``train_llm``, the vision tower never.
+    A text LLM (:func:`is_text_llm`) is all LLM: everything trains with ``train_llm``, nothing without (the
+    state LoRA starts from).
 
     Returns the trainable and frozen parameter counts per part (``parameter_counts``).
     """
     parts = resolve(model)
-    if parts.projector is None or parts.vision_tower is None:
-        raise ValueError(f"{parts.model_type} has no vision tower/projector: TGA trains vision-language models")
+    if (parts.projector is None) != (parts.vision_tower is None):
+        raise ValueError(f"{parts.model_type} has a vision tower or a projector, not both: not a LLaVA-style model")
     model.requires_grad_(False)
     if train_llm:
         quantized = [n for n, p in model.named_parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
         if quantized:
             raise ValueError(f"ModelConfig.train_llm: the LLM is quantised ({quantized[0]}, ...) and cannot train")
         model.requires_grad_(True)
-        parts.vision_tower.requires_grad_(False)
-    parts.projector.requires_grad_(True)
+        if parts.vision_tower is not None:
+            parts.vision_tower.requires_grad_(False)
+    if parts.projector is not None:
+        parts.projector.requires_grad_(True)
     counts = parameter_counts(model)
     logger.info("trainable parameters: %s", counts)
     return counts
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """``{"<part>_trainable": n, "<part>_frozen": n}`` for vision_tower, projector and llm (the rest)."""
+    """``{"<part>_trainable": n, "<part>_frozen": n}`` for vision_tower, projector and llm (the rest; a text LLM
+    has only llm)."""
     parts = resolve(model)
     owner = {}
     for part, module in (("vision_tower", parts.vision_tower), ("projector", parts.projector)):
-        for p in module.parameters():
+        for p in module.parameters() if module is not None else ():
             owner[id(p)] = part
     counts: dict[str, int] = {}
     for p in model.parameters():

@@ -13,6 +13,11 @@ An ``output_dir`` that holds checkpoints belongs to a run: it is refused unless 
 folder, or ``last``: the newest complete checkpoint there) or ``--overwrite_output_dir`` (remove them, start over)
 says what to do with them. A user error (bad preset or option, missing file or folder, such an output_dir) is one
 line on stderr and exit code 2, from ``tga-fast train`` and from the launchers alike.
+
+A plain text LLM (a ``*ForCausalLM`` folder with its tokenizer) trains on text-only records with the LM loss
+alone, in full (``--train_llm true``) or through LoRA (``--lora_r 16 --train_llm true``, ``--merge_lora true`` for
+a merged plain folder): safety tuning of the LLM an LVLM is later built from. It needs ``--align false`` (no
+image tokens to align) and writes no projector file (it has none).
 """
 
 from __future__ import annotations
@@ -103,6 +108,19 @@ def _export_merged(trainer, model_config: ModelConfig, train_config: TrainConfig
     return merged
 
 
+def _check_text_llm(model_config: ModelConfig, tga_config: TGAConfig) -> None:
+    """A text LLM trains its own weights with the LM loss: the options that need an image or a projector, or that
+    would leave nothing to train, stop the run before the data is read."""
+    if not model_config.train_llm:
+        raise UserError("ModelConfig.train_llm: a text-only LLM has no projector, so train_llm=False would train "
+                        "nothing: set --train_llm true (full fine-tuning) or also --lora_r > 0 (LoRA)")
+    if tga_config.align:
+        raise UserError("TGAConfig.align: a text-only LLM has no image tokens to align: set --align false (the LM "
+                        "loss only)")
+    if model_config.projector_path:
+        raise UserError("ModelConfig.projector_path: a text-only LLM has no projector to load it into")
+
+
 def _require_images(dataset, data_path: str) -> None:
     """TGA trains the projector on image samples: with none left (a wrong ``--image_folder``, say) the run would
     export the initial projector unchanged, so it stops here with the count and the first reasons."""
@@ -126,10 +144,17 @@ def train(
     """Loads the model and data, trains with :class:`~tga_fast.training.trainer.TGATrainer`, saves and exports.
 
     Returns the Trainer's train metrics plus ``trainable`` (parameter counts per part), ``target_layers``,
-    ``skipped_records``, ``text_replay_samples``, ``resumed_from`` and ``projector`` (the exported path, on rank 0).
+    ``skipped_records``, ``text_replay_samples``, ``resumed_from`` and ``projector`` (the exported path, on rank 0;
+    None for a text LLM, which has no projector: ``export_projector`` is then skipped, so its default needs no
+    change), and ``merged`` after ``merge_lora``.
+
+    A text LLM (no vision tower, no projector) trains with the LM loss alone on text-only records; it needs
+    ``train_llm`` and ``align=False``.
 
     Raises:
-        UserError: a bad option, file or folder, an ``output_dir`` in use, or data without a surviving image record.
+        UserError: a bad option, file or folder, an ``output_dir`` in use, data without a surviving image record
+            (a VLM) or with one (a text LLM), or a text LLM with ``train_llm=False``, ``align=True`` or a
+            ``projector_path``.
     """
     from transformers import set_seed
 
@@ -139,7 +164,7 @@ def train(
     from tga_fast.training.conversation import check_content_order, set_chat_template
     from tga_fast.training.data import TGADataset
     from tga_fast.training.export import export_projector, load_projector
-    from tga_fast.training.stages import freeze_for_stage, load_model
+    from tga_fast.training.stages import freeze_for_stage, is_text_llm, load_model
     from tga_fast.training.trainer import TGATrainer
 
     model_config.require_model()
@@ -161,6 +186,9 @@ def train(
     if model_config.dtype == "auto":  # TrainingArguments decide the precision (DeepSpeed keeps fp32 master weights)
         model_config.dtype = "bfloat16" if train_config.bf16 else "float16" if train_config.fp16 else "float32"
     model, processor = load_model(model_config)
+    text_llm = is_text_llm(model)
+    if text_llm:
+        _check_text_llm(model_config, tga_config)
     if data_config.chat_template:
         set_chat_template(processor, data_config.chat_template)
     if data_config.use_retrieved:  # before any step: a template that moves the image first stops the run here
@@ -191,7 +219,8 @@ def train(
     if len(dataset) == 0:
         raise UserError(f"DataConfig.data_path: no valid record in {data_path} ({len(dataset.skipped)} skipped; first "
                         f"reasons: {dataset.skipped[:_FIRST_REASONS]})")
-    _require_images(dataset, data_path)
+    if not text_llm:  # a text LLM's records are text-only (TGADataset refuses image records with its tokenizer)
+        _require_images(dataset, data_path)
     replayed = 0
     if data_config.text_replay_path:
         from tga_fast.training.replay import mix_text_replay
@@ -215,7 +244,9 @@ def train(
     if model_config.lora_r and train_config.merge_lora:
         merged = _export_merged(trainer, model_config, train_config)
     projector = None
-    if train_config.export_projector:
+    if train_config.export_projector and text_llm:  # the default is True: no error for a text LLM, none to write
+        logger.info("export_projector: skipped, a text-only LLM has no projector")
+    elif train_config.export_projector:
         projector = export_projector(trainer.model_wrapped, Path(train_config.output_dir) / "projector.safetensors")
     metrics = dict(result.metrics)
     metrics.update(trainable=trainable, target_layers=list(layers), skipped_records=len(dataset.skipped),

@@ -31,7 +31,7 @@ from tga_fast.models import capture, resolve
 from tga_fast.training.checkpoints import load_renamed_checkpoint
 from tga_fast.training.conversation import IGNORE_INDEX
 from tga_fast.training.config import TGAConfig
-from tga_fast.training.lora import PROJECTOR_FILE, is_peft_model
+from tga_fast.training.lora import PROJECTOR_FILE, has_projector, is_peft_model
 from tga_fast.training.loss import tga_alignment_loss
 from tga_fast.training.stages import keep_4bit_layers_differentiable
 
@@ -234,10 +234,10 @@ class TGATrainer(Trainer):
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """The Trainer's save; a LoRA model's also writes ``projector.safetensors`` next to the adapter, which holds
-        only the adapter's weights (the projector trains in full outside it)."""
+        """The Trainer's save; a LoRA VLM's also writes ``projector.safetensors`` next to the adapter, which holds
+        only the adapter's weights (the projector trains in full outside it). A text LLM has no projector."""
         super()._save(output_dir, state_dict)
-        if is_peft_model(self.model):
+        if is_peft_model(self.model) and has_projector(self.model):
             from tga_fast.training.export import export_projector
 
             export_projector(self.model, Path(output_dir or self.args.output_dir) / PROJECTOR_FILE)
@@ -253,7 +253,8 @@ class TGATrainer(Trainer):
             from tga_fast.training.export import load_projector
 
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-            load_projector(model, Path(resume_from_checkpoint) / PROJECTOR_FILE)
+            if has_projector(model):
+                load_projector(model, Path(resume_from_checkpoint) / PROJECTOR_FILE)
             return
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not load_renamed_checkpoint(model, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -266,7 +267,8 @@ class TGATrainer(Trainer):
             from tga_fast.training.export import load_projector
 
             super()._load_best_model()
-            load_projector(self.model, Path(self.state.best_model_checkpoint) / PROJECTOR_FILE)
+            if has_projector(self.model):
+                load_projector(self.model, Path(self.state.best_model_checkpoint) / PROJECTOR_FILE)
         elif not load_renamed_checkpoint(self.model, self.state.best_model_checkpoint):
             super()._load_best_model()
 
