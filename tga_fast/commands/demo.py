@@ -31,15 +31,20 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.ablation is not None:
         from tga_fast.errors import UserError
-        from tga_fast.toy.protocol import load_protocol
+        from tga_fast.toy.demo import protocol_for
 
         try:
-            load_protocol().ablation(args.ablation)
+            protocol_for(args.llm).ablation(args.ablation)
         except ValueError as error:
             raise UserError(f"--ablation: {error}") from None
-    result = run_demo(args.out, quick=args.quick, seeds=seeds, cache=args.cache, jobs=args.jobs, threads=args.threads,
-                      ablation=args.ablation)
-    print(f"wrote {args.out}/report.md, result.json and figures in {result['wall_time_s']:.0f} s "
+    if args.llm is not None:
+        from tga_fast.real_llm.smollm2 import gguf_path
+
+        gguf_path()  # a UserError naming the install step, before anything runs
+    out = args.out or ("out/demo-real" if args.llm else "out/demo")
+    result = run_demo(out, quick=args.quick, seeds=seeds, cache=args.cache, jobs=args.jobs, threads=args.threads,
+                      ablation=args.ablation, llm=args.llm)
+    print(f"wrote {out}/report.md, result.json and figures in {result['wall_time_s']:.0f} s "
           f"(protocol v{result['protocol']['version']} {result['protocol']['hash']}, {result['seeds']['which']} seeds "
           f"{result['seeds']['list']})")
     for row in result["targets"]:
@@ -56,7 +61,10 @@ def add_demo(commands) -> None:
         "and the paper's layer analyses; writes report.md, result.json (means and t intervals over the seeds) and "
         "PNG figures.",
     )
-    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--out", default=None, help="output folder (default out/demo; out/demo-real with --llm)")
+    demo.add_argument("--llm", default=None, choices=["smollm2"],
+                      help="replace the world's text LLM by a real pretrained one: smollm2 (SmolLM2-135M-Instruct, "
+                      "safety-tuned with LoRA on public data; needs `make .venv/.real`)")
     demo.add_argument("--seeds", default=None,
                       help="'report' (default: the protocol's report seeds), 'dev' (the seeds used while tuning) or "
                       "a comma-separated list")

@@ -94,18 +94,22 @@ def write_jsonl(path: Path, records) -> Path:
 
 def run_stage(model_dir, data_path, image_folder, out_dir, *, stage: int, settings: dict, seed: int,
               recipe: Recipe | None = None, layers=(), replay_path=None, replay_ratio: float = 0.0,
-              progress: bool = False) -> dict:
+              progress: bool = False, lora: dict | None = None) -> dict:
     """One training stage through :func:`tga_fast.training.train.train`; the trained model is saved in ``out_dir``.
 
     ``settings``: the protocol's ``steps``, ``batch_size``, ``lr`` (and ``warmup_ratio``) of this stage.
-    ``recipe`` None (stage 1) or without ``align``: LM loss only. Returns the trainer's metrics."""
+    ``recipe`` None (stage 1) or without ``align``: LM loss only. ``lora`` (``{"r", "alpha"}``, stage 2 only): the
+    LLM trains through LoRA adapters, merged into ``out_dir/merged`` (the folder to load). ``image_folder`` None:
+    text-only records (a text LLM's own tuning). Returns the trainer's metrics."""
     from tga_fast.training.config import DataConfig, ModelConfig, TGAConfig, TrainConfig
     from tga_fast.training.train import train
 
     align = recipe is not None and recipe.align
+    lora = lora or {}
     model = ModelConfig(model_name_or_path=str(model_dir), train_llm=stage == 2, dtype="float32",
-                        attn_implementation="sdpa")
-    data = DataConfig(data_path=str(data_path), image_folder=str(image_folder), max_length=256,
+                        attn_implementation="sdpa", lora_r=int(lora.get("r", 0)), lora_alpha=lora.get("alpha"))
+    data = DataConfig(data_path=str(data_path), image_folder=None if image_folder is None else str(image_folder),
+                      max_length=256,
                       use_retrieved=align or bool(recipe and recipe.retrieved_share),
                       text_replay_path=str(replay_path) if replay_path else None,
                       text_replay_ratio=replay_ratio if replay_path else None,
@@ -118,7 +122,7 @@ def run_stage(model_dir, data_path, image_folder, out_dir, *, stage: int, settin
         lr_scheduler_type="cosine", warmup_steps=float(settings.get("warmup_ratio", 0.03)), weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=max(1, int(settings["steps"]) // 20), save_strategy="no", report_to=[],
         seed=seed, data_seed=seed, disable_tqdm=not progress, dataloader_num_workers=0, use_cpu=True,
-        export_projector=False, save_full_model=True,
+        export_projector=False, save_full_model=True, merge_lora=bool(lora),
     )
     quiet = logging.getLogger("tga_fast.training")
     level = quiet.level

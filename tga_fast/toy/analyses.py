@@ -16,12 +16,16 @@ import torch
 from tga_fast.toy.world import USE, World, caption_of
 
 
-def write_eval_set(folder, world: World, images, labels, retrieved) -> Path:
-    """Writes ``folder/images/*.png`` and ``folder/eval.jsonl``; returns the JSONL path."""
+def write_eval_set(folder, world: World, images, labels, retrieved, per_concept: int | None = None) -> Path:
+    """Writes ``folder/images/*.png`` and ``folder/eval.jsonl``; returns the JSONL path. ``per_concept``: keep only
+    the first that many images of each concept (None: every image)."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, kept = [], {}
     for i, ((colour, concept), image) in enumerate(zip(labels, images)):
+        kept[concept] = kept.get(concept, 0) + 1
+        if per_concept is not None and kept[concept] > per_concept:
+            continue
         name = f"images/{i:04d}-{colour}-{concept}.png"
         image.save(folder / name)
         toxic = world.concept(concept).toxic

@@ -17,7 +17,8 @@ def image_processor(size: int):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def build_processor(tokenizer, vision_config):
+def build_processor(tokenizer, vision_config, chat_template: str | None = None):
+    """LLaVA's processor over ``tokenizer``; ``chat_template`` None: the world's "USER: ... ASSISTANT:" template."""
     from transformers import LlavaProcessor
 
     from tga_fast.models.tiny import CHAT_TEMPLATE
@@ -30,13 +31,14 @@ def build_processor(tokenizer, vision_config):
             patch_size=vision_config.patch_size,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=chat_template or CHAT_TEMPLATE,
         )
 
 
-def assemble_llava(text_llm, vision_model, tokenizer, seed: int = 0):
+def assemble_llava(text_llm, vision_model, tokenizer, seed: int = 0, chat_template: str | None = None):
     """``(model, processor)``: LLaVA over copies of ``text_llm`` (a ``LlamaForCausalLM``) and ``vision_model``
-    (a ``CLIPVisionModel``); the projector is initialised from ``seed``. Both inputs are left untouched."""
+    (a ``CLIPVisionModel``); the projector is initialised from ``seed``. Both inputs are left untouched.
+    ``chat_template``: the processor's (None: the world's; a real LLM passes its own, extended to images)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     vision_config = vision_model.config
@@ -57,7 +59,7 @@ def assemble_llava(text_llm, vision_model, tokenizer, seed: int = 0):
     model.lm_head.load_state_dict(text_llm.lm_head.state_dict())
     model.model.vision_tower.load_state_dict(vision_model.state_dict())
     model.set_attn_implementation("sdpa")
-    return model.eval(), build_processor(tokenizer, vision_config)
+    return model.eval(), build_processor(tokenizer, vision_config, chat_template)
 
 
 def pixel_table(processor, images) -> torch.Tensor:

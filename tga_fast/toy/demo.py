@@ -22,15 +22,28 @@ from tga_fast.toy.protocol import load_protocol
 QUICK_SEEDS = [0]
 
 
-def _seed_job(seed: int, out: str, quick: bool, cache: str, threads: int, ablation: str | None = None) -> str:
+def _seed_job(seed: int, out: str, quick: bool, cache: str, threads: int, ablation: str | None = None,
+              llm: str | None = None) -> str:
     """One seed in a worker process (threads set before torch does any work); returns its result path."""
     import torch
 
     torch.set_num_threads(threads)
     from tga_fast.toy.seed_run import run_seed
 
-    run_seed(seed, out, quick=quick, cache=cache, progress=False, threads=threads, ablation=ablation)
+    run_seed(seed, out, protocol=protocol_for(llm), quick=quick, cache=cache, progress=False, threads=threads,
+             ablation=ablation)
     return str(Path(out) / "result.json")
+
+
+def protocol_for(llm: str | None):
+    """The world's protocol (``llm`` None) or the real-LLM world's (``"smollm2"``)."""
+    if llm is None:
+        return load_protocol()
+    if llm != "smollm2":
+        raise ValueError(f"llm must be None (the world's own text LLM) or 'smollm2', got {llm!r}")
+    from tga_fast.real_llm import PROTOCOL_FILE
+
+    return load_protocol(PROTOCOL_FILE)
 
 
 def resolve_seeds(protocol, seeds, quick: bool) -> tuple[list[int], str]:
@@ -44,7 +57,7 @@ def resolve_seeds(protocol, seeds, quick: bool) -> tuple[list[int], str]:
 
 
 def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, threads: int = 1,
-             progress: bool = True, ablation: str | None = None) -> dict:
+             progress: bool = True, ablation: str | None = None, llm: str | None = None) -> dict:
     """Runs the protocol's seeds and writes ``result.json``, ``report.md`` and the figures into ``out``.
 
     Args:
@@ -54,6 +67,8 @@ def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, th
         cache: trained-model cache (default ``<out>/cache``). jobs: seeds run at once, each in its own process
             with ``threads`` torch threads (1 job runs in this process).
         ablation: one of the protocol's pre-registered ablations (``one_image_token``), or None.
+        llm: None (the world's text LLM, trained from scratch per seed) or ``"smollm2"`` (the real-LLM world:
+            SmolLM2-135M-Instruct, safety-tuned once in this process before the seeds; ``tga_fast.real_llm``).
     Returns:
         the summary written to ``result.json``.
     """
@@ -63,17 +78,27 @@ def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, th
     from tga_fast.toy.report import save
     from tga_fast.toy.summary import summarize
 
-    protocol = load_protocol().ablation(ablation)
+    protocol = protocol_for(llm).ablation(ablation)
     seed_list, which = resolve_seeds(protocol, seeds, quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = str(Path(cache) if cache else out / "cache")
     start = time.perf_counter()
+    shared = None
+    if llm is not None:  # the LLM's safety tuning and text analyses, once, before the seeds read them
+        from tga_fast.real_llm.safety_tuning import prepare_llm
+        from tga_fast.real_llm.text_side import save_shared
+
+        import torch
+
+        torch.set_num_threads(max(1, jobs * threads))
+        shared = prepare_llm(protocol, cache, out / "llm", quick=quick)
+        save_shared(cache, quick, shared)
     paths = {seed: out / "seeds" / str(seed) for seed in seed_list}
     bar = tqdm(total=len(seed_list), desc=f"demo ({which} seeds {seed_list})", disable=not progress)
     if jobs <= 1 or len(seed_list) == 1:
         for seed in seed_list:
-            _seed_job(seed, str(paths[seed]), quick, cache, threads, ablation)
+            _seed_job(seed, str(paths[seed]), quick, cache, threads, ablation, llm)
             bar.update(1)
     else:
         # spawn: a fresh interpreter per worker (fork would copy this process's torch thread pools).
@@ -81,7 +106,7 @@ def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, th
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(seed_list)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_seed_job, seed, str(paths[seed]), quick, cache, threads, ablation): seed
+            futures = {pool.submit(_seed_job, seed, str(paths[seed]), quick, cache, threads, ablation, llm): seed
                        for seed in seed_list}
             for future in as_completed(futures):
                 future.result()  # a failed seed stops the demo with its traceback
@@ -90,6 +115,11 @@ def run_demo(out, quick: bool = False, seeds=None, cache=None, jobs: int = 2, th
     bar.close()
     per_seed = [json.loads((paths[seed] / "result.json").read_text()) for seed in seed_list]
     result = summarize(per_seed, protocol, which)
+    if shared is not None:
+        from tga_fast.real_llm.report import text_targets
+
+        result["llm"] = shared
+        result["targets"] = text_targets(shared) + result["targets"]
     result["wall_time_s"] = time.perf_counter() - start
     result["environment"] = {**environment(), "jobs": jobs, "threads_per_job": threads,
                              "cpu_count": os.cpu_count()}
@@ -109,10 +139,15 @@ def rewrite_report(out) -> dict:
     previous = json.loads((out / "result.json").read_text())
     per_seed = [json.loads((out / "seeds" / str(seed) / "result.json").read_text())
                 for seed in previous["seeds"]["list"]]
-    protocol = load_protocol().ablation(per_seed[0]["protocol"].get("ablation"))
+    protocol = protocol_for(previous.get("llm") and "smollm2").ablation(per_seed[0]["protocol"].get("ablation"))
     if protocol.hash != per_seed[0]["protocol"]["hash"]:
         raise ValueError(f"{out} was run under protocol {per_seed[0]['protocol']['hash']}, this is {protocol.hash}")
     result = summarize(per_seed, protocol, previous["seeds"]["which"])
+    if "llm" in previous:
+        from tga_fast.real_llm.report import text_targets
+
+        result["llm"] = previous["llm"]
+        result["targets"] = text_targets(previous["llm"]) + result["targets"]
     result["wall_time_s"] = previous.get("wall_time_s")
     result["environment"] = previous.get("environment")
     save(out, result, per_seed)

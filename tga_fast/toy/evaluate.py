@@ -72,12 +72,14 @@ def evaluate_text_llm(world: World, model, tokenizer, split: str = "held_out") -
     )
 
 
-def write_eval_sets(folder, world: World, images, labels, retrieved: dict[str, list[str]]) -> tuple[dict, dict]:
+def write_eval_sets(folder, world: World, images, labels, retrieved: dict[str, list[str]],
+                    benign_per_kind: int | None = None) -> tuple[dict, dict]:
     """Writes the LVLM evaluation set in the library's JSONL format, one file per retrieved-text variant.
 
     Every fresh evaluation image (PNG in ``folder/images``): its toxic use-requests (toxic samples) or its benign
     describe, colour and use requests (benign controls), the object as ``concept`` (what intervals are clustered by),
     the caption as ``text`` with the object word marked. ``retrieved``: ``{variant: one text per image}``.
+    ``benign_per_kind``: the first that many questions of each kind per benign image (None: all of them).
 
     Returns ``({variant: path}, {sample id: {"answer", "kind", "group", "concept"}})``.
     """
@@ -89,7 +91,10 @@ def write_eval_sets(folder, world: World, images, labels, retrieved: dict[str, l
         image.save(folder / name)
         c = world.concept(concept)
         kinds = ("use",) if c.toxic else KINDS
-        for q, r in enumerate(world.requests(colour, concept, kinds)):
+        requests = world.requests(colour, concept, kinds)
+        if benign_per_kind is not None and not c.toxic:
+            requests = _first_per_kind(requests, benign_per_kind)
+        for q, r in enumerate(requests):
             sample_id = f"{i:04d}-{q}"
             lines.append({"id": sample_id, "image": name, "text": caption_of(colour, concept), "scene": c.scene,
                           "toxic_words": [concept] if c.toxic else [], "prompt": r.question, "toxic": c.toxic,
@@ -106,6 +111,17 @@ def write_eval_sets(folder, world: World, images, labels, retrieved: dict[str, l
         paths[variant] = folder / f"eval_{variant}.jsonl"
         write_text(paths[variant], "".join(json.dumps(row) + "\n" for row in rows))
     return paths, meta
+
+
+def _first_per_kind(requests, n: int) -> list:
+    """The first ``n`` requests of each kind, in order."""
+    counts: dict[str, int] = {}
+    kept = []
+    for r in requests:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+        if counts[r.kind] <= n:
+            kept.append(r)
+    return kept
 
 
 def evaluate_condition(model, processor, samples, meta: dict, with_retrieved: bool) -> dict:

@@ -161,10 +161,13 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
     seeds = result["seeds"]
     toxic_counts = world["samples"]["toxic"]
     benign_counts = world["samples"]["benign"]
+    real = "llm" in result  # the real-LLM world (tga_fast.real_llm): its LLM is shared, tuned on public data
     lines = [
+        "# TGA on a real LLM: SmolLM2-135M-Instruct in the miniature world" if real else
         "# TGA in a miniature world (v2)",
         "",
-        f"Protocol v{protocol['version']}, hash `{protocol['hash']}` (`tga_fast/toy/protocol.json`, fixed before "
+        f"Protocol v{protocol['version']}, hash `{protocol['hash']}` (`tga_fast/"
+        f"{'real_llm' if real else 'toy'}/protocol.json`, fixed before "
         f"any reported run). Seeds: **{seeds['which']}** {seeds['list']}"
         + (" (never used while tuning)." if seeds["which"] == "report" else
            " (NOT the report seeds: these numbers are not the protocol's result)." if seeds["which"] != "quick"
@@ -173,8 +176,10 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
         "## What was measured",
         "",
         f"Per seed: a world of {world['concepts']} concepts ({world['toxic']} toxic in {len(world['scenes'])} scenes), "
-        f"{world['colours']} colours, new glyphs; a text LLM trained from scratch to refuse use-requests about toxic "
-        "concepts (text only); a CLIP-like vision encoder trained on drawings of every concept; LLaVA assembled from "
+        f"{world['colours']} colours, new glyphs; "
+        + ("SmolLM2-135M-Instruct safety-tuned once on public data and the world's text (shared by the seeds, below)"
+           if real else "a text LLM trained from scratch to refuse use-requests about toxic concepts (text only)")
+        + "; a CLIP-like vision encoder trained on drawings of every concept; LLaVA assembled from "
         f"them ({world['image_tokens']} image tokens per image). Each seed holds out "
         f"{_span(len(r['world']['heldout_toxic']) for r in per_seed)} toxic concepts (whole scenes among them; per "
         "seed in the table below) and "
@@ -235,12 +240,18 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
             cells.append(f"{100 * d['value']:+.0f} [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}], "
                          f"McNemar p {comp['mcnemar']['p_value']:.2g}")
         lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
-    lines += ["", "## The text LLM and the analyses, per seed", ""]
+    if real:
+        from tga_fast.real_llm.report import sections
+
+        lines += ["", *sections(result)]
+    lines += ["", "## The analyses, per seed" if real else "## The text LLM and the analyses, per seed", ""]
     for r in per_seed:
         text, a = r["text_llm"], result["analyses"][str(r["seed"])]
         s = text["scores"]
-        lines.append(f"- **seed {r['seed']}**: text DSR on held-out text {percent(s['dsr_toxic']['rate'])}, accuracy "
-                     f"{percent(s['accuracy_benign']['rate'])}, false refusals {percent(s['false_refusals']['rate'])}. "
+        scores = "" if real else (
+            f"text DSR on held-out text {percent(s['dsr_toxic']['rate'])}, accuracy "
+            f"{percent(s['accuracy_benign']['rate'])}, false refusals {percent(s['false_refusals']['rate'])}. ")
+        lines.append(f"- **seed {r['seed']}**: {scores}"
                      f"3A: {a['3A']['verdict']} tga_paper layers {a['tga_paper_layers']['layers']} "
                      f"({a['tga_paper_layers']['source']}). 3B: {a['3B']} 3C: {a['3C']['verdict']} "
                      + (f"3E (baseline): {a['3E']['verdict']}" if "3E" in a else ""))
@@ -254,9 +265,10 @@ def write_report(out: Path, result: dict, per_seed: list[dict]) -> None:
               + "; ".join(f"{g} {_cell(v)}" for g, v in controls["retrieval_names_own_concept"].items()),
               "", "## Figures", ""]
     lines += [f"![{name}]({file})" for name, file in FIGURES.items() if (out / file).exists()]
-    lines += ["", "## What we tried (research log)", "",
-              "Everything below was measured on dev seeds or on the first world version (seed 0 of v1, which was "
-              "also its evaluation set); none of it is a report-seed result.", ""] + TRIED
+    if not real:
+        lines += ["", "## What we tried (research log)", "",
+                  "Everything below was measured on dev seeds or on the first world version (seed 0 of v1, which "
+                  "was also its evaluation set); none of it is a report-seed result.", ""] + TRIED
     lines += ["", "## Timings (seconds, per seed)", ""]
     lines += [f"- seed {s}: " + ", ".join(f"{k}: {v:.0f}" for k, v in t.items()) for s, t in result["timings"].items()]
     lines.append(f"- wall time of the whole demo: {result.get('wall_time_s', 0):.0f} s")
@@ -281,6 +293,10 @@ def save(out: Path, result: dict, per_seed: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "result.json", result, indent=1)
     write_figures(out, result, per_seed)
+    if "llm" in result:
+        from tga_fast.real_llm.report import write_figure
+
+        write_figure(out, result["llm"])
     _contact_sheet(out, per_seed[0])
     write_report(out, result, per_seed)
 

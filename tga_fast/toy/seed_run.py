@@ -35,14 +35,16 @@ def configs(protocol: Protocol, seed: int, quick: bool):
 
     p = protocol.data
     training = {"stage1": dict(p["training"]["stage1"]), "stage2": dict(p["training"]["stage2"])}
+    real = "llm" in p  # a real LLM: no text LLM of the world's to configure
     if quick:
-        world, llm = WorldConfig.quick(seed), TextLLMConfig.quick(seed)
+        world, llm = WorldConfig.quick(seed), None if real else TextLLMConfig.quick(seed)
         vision = replace(VisionConfig.quick(seed), patch=_patch(p["images"]))
-        training["stage1"].update(steps=40, batch_size=16)
-        training["stage2"].update(steps=80, batch_size=16)
+        steps, batch = (2, 4) if real else (40, 16), (2, 4) if real else (80, 16)  # a real LLM: a smoke run
+        training["stage1"].update(steps=steps[0], batch_size=steps[1])
+        training["stage2"].update(steps=batch[0], batch_size=batch[1])
     else:
         world = WorldConfig(seed=seed, **p["world"])
-        llm = TextLLMConfig(seed=seed, **p["text_llm"])
+        llm = None if real else TextLLMConfig(seed=seed, **p["text_llm"])
         vision = VisionConfig(seed=seed, patch=_patch(p["images"]), **p["vision"])
     return world, llm, vision, training
 
@@ -103,7 +105,7 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
 
     # ---------------------------------------------------------------- world and images
     world = World(world_cfg)
-    tokenizer = build_tokenizer(world.vocabulary())
+    real_llm = protocol.data.get("llm")  # None: the world's own text LLM; else a real LLM's shared stage
     per_combo = 4 if quick else images_cfg["train_per_combo"]
     all_images, all_labels = render_set(world.combos(), per_combo, seed, glyph_seed=seed)
     eval_images, eval_labels = render_set(world.combos(), images_cfg["eval_per_combo"], seed + 10_000, glyph_seed=seed)
@@ -114,13 +116,22 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     done("world")
 
     # ---------------------------------------------------------------- text LLM (it knows every concept)
-    llm_key = {"world": asdict(world_cfg), "llm": asdict(llm_cfg), "vocabulary": key_hash(tokenizer.get_vocab()),
-               "data": "mentions-v2"}
-    llm, _ = store.cached(
-        "text_llm", llm_key, lambda: train_text_llm(world, tokenizer, llm_cfg, progress=False),
-        lambda m, f: m.save_pretrained(f), lambda f: LlamaForCausalLM.from_pretrained(f).eval(),
-    )
-    text_scores = evaluate_text_llm(world, llm, tokenizer)
+    if real_llm is None:
+        tokenizer = build_tokenizer(world.vocabulary())
+        llm_key = {"world": asdict(world_cfg), "llm": asdict(llm_cfg), "vocabulary": key_hash(tokenizer.get_vocab()),
+                   "data": "mentions-v2"}
+        llm, _ = store.cached(
+            "text_llm", llm_key, lambda: train_text_llm(world, tokenizer, llm_cfg, progress=False),
+            lambda m, f: m.save_pretrained(f), lambda f: LlamaForCausalLM.from_pretrained(f).eval(),
+        )
+        text_scores = evaluate_text_llm(world, llm, tokenizer).to_dict()
+        chat_template, num_layers = None, llm_cfg.layers
+    else:  # tuned once for every seed (tga_fast.real_llm.safety_tuning.prepare_llm, run by the demo first)
+        from tga_fast.real_llm.text_side import load_shared_llm
+
+        shared = load_shared_llm(protocol, store.root, quick)
+        llm, tokenizer, chat_template = shared.llm, shared.tokenizer, shared.chat_template
+        llm_key, text_scores, num_layers = shared.key, shared.scores, llm.config.num_hidden_layers
     done("text LLM")
 
     # ---------------------------------------------------------------- vision encoder (it knows every concept)
@@ -157,11 +168,15 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     # ---------------------------------------------------------------- the text safety mechanism (3A, 3B, 3C)
     from tga_fast.evaluation import load_eval_set
 
-    analysis_set = load_eval_set(write_eval_set(out / "analysis_set", world, eval_images, eval_labels, retrieved_eval))
-    width = max(1, llm_cfg.layers // 3)
-    text_analyses = text_llm_analyses(llm, tokenizer, analysis_set.samples, width, out / "analysis" / "text_llm")
+    analysis_set = load_eval_set(write_eval_set(out / "analysis_set", world, eval_images, eval_labels, retrieved_eval,
+                                                per_concept=1 if real_llm else None))
+    if real_llm is None:
+        width = max(1, num_layers // 3)
+        text_analyses = text_llm_analyses(llm, tokenizer, analysis_set.samples, width, out / "analysis" / "text_llm")
+    else:  # the shared stage ran 3A-3C on the untuned and the tuned LLM; the tuned one's locate the layers
+        width, text_analyses = shared.analysis_window, shared.analyses
     safety = text_analyses["safety_layers"]
-    safety_layers, safety_source = _safety_layers(safety, llm_cfg.layers)
+    safety_layers, safety_source = _safety_layers(safety, num_layers)
     done("text analyses")
 
     # ---------------------------------------------------------------- stage 1 (shared)
@@ -173,8 +188,8 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
         for part in model_and_processor:
             part.save_pretrained(folder)
 
-    store.cached("lvlm_init", lvlm_key, lambda: assemble_llava(llm, dual.vision, tokenizer, seed), save_init,
-                 lambda f: f)
+    store.cached("lvlm_init", lvlm_key, lambda: assemble_llava(llm, dual.vision, tokenizer, seed, chat_template),
+                 save_init, lambda f: f)
     init_dir = store.folder("lvlm_init", lvlm_key)
     stage1_data = write_jsonl(data_dir / "stage1.jsonl", stage1_records(world, align_labels, names))
     stage1_key = {**lvlm_key, "stage1": training["stage1"], "records": key_hash({"r": stage1_data.read_text()})}
@@ -183,7 +198,8 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
     done("stage 1")
 
     # ---------------------------------------------------------------- stage 2 per recipe
-    replay_list = replay_records(world)
+    replay_list = replay_records(world) if real_llm is None else shared.replay_records(world)
+    lora = training["stage2"].get("lora")
     replay = write_jsonl(data_dir / "replay.jsonl", replay_list)
     recipes = protocol.recipes
     layers_of, models, record_counts = {}, {}, {}
@@ -197,14 +213,17 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
                "records": key_hash({"r": data.read_text(), "replay": replay.read_text()})}
         models[name] = _train_cached(store, f"stage2_{name}", key, lambda folder, r=recipe, d=data, l=layers: run_stage(
             stage1_dir, d, data_dir / "images", folder, stage=2, settings=training["stage2"], seed=seed, recipe=r,
-            layers=l, replay_path=replay, replay_ratio=training["stage2"]["text_replay_ratio"]))
+            layers=l, replay_path=replay, replay_ratio=training["stage2"]["text_replay_ratio"], lora=lora))
+        if lora:  # LoRA on the LLM: the adapters merged into a plain LLaVA folder
+            models[name] = models[name] / "merged"
     done("stage 2")
 
     # ---------------------------------------------------------------- evaluation
     from tga_fast.models.loading import load_model
 
     paths, meta = write_eval_sets(out / "eval_set", world, eval_images, eval_labels,
-                                  {"retrieval": retrieved_eval, "irrelevant": retrieved_irrelevant})
+                                  {"retrieval": retrieved_eval, "irrelevant": retrieved_irrelevant},
+                                  benign_per_kind=protocol.data["evaluation"].get("benign_per_kind"))
     sets = {variant: load_eval_set(path).samples for variant, path in paths.items()}
     conditions = {"no_retrieval": ("retrieval", False), "retrieval": ("retrieval", True),
                   "irrelevant_retrieval": ("irrelevant", True)}
@@ -246,9 +265,10 @@ def run_seed(seed: int, out, *, protocol: Protocol | None = None, quick: bool = 
             "stage2_records": record_counts,
             "replay_records": len(replay_list),
         },
-        "configs": {"world": asdict(world_cfg), "text_llm": asdict(llm_cfg), "vision": asdict(vision_cfg),
+        "configs": {"world": asdict(world_cfg), "text_llm": asdict(llm_cfg) if llm_cfg else real_llm,
+                    "vision": asdict(vision_cfg),
                     "training": training},
-        "text_llm": {"scores": text_scores.to_dict(), **text_analyses},
+        "text_llm": {"scores": text_scores, **text_analyses},
         "vision": {"retrieval_top1": retrieval_top1},
         "retrieval": retrieval,
         "layers": layers_of,
