@@ -39,9 +39,10 @@ def configs(protocol: Protocol, seed: int, quick: bool):
     if quick:
         world, llm = WorldConfig.quick(seed), None if real else TextLLMConfig.quick(seed)
         vision = replace(VisionConfig.quick(seed), patch=_patch(p["images"]))
-        steps, batch = (2, 4) if real else (40, 16), (2, 4) if real else (80, 16)  # a real LLM: a smoke run
-        training["stage1"].update(steps=steps[0], batch_size=steps[1])
-        training["stage2"].update(steps=batch[0], batch_size=batch[1])
+        # (steps, batch size) of stages 1 and 2; a real LLM's quick run is a smoke run of the pipeline
+        stage1, stage2 = ((2, 4), (2, 4)) if real else ((40, 16), (80, 16))
+        training["stage1"].update(steps=stage1[0], batch_size=stage1[1])
+        training["stage2"].update(steps=stage2[0], batch_size=stage2[1])
     else:
         world = WorldConfig(seed=seed, **p["world"])
         llm = None if real else TextLLMConfig(seed=seed, **p["text_llm"])
