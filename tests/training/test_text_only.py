@@ -82,6 +82,7 @@ def test_labels_cover_only_the_answers_with_a_tokenizer_without_pad(text_files):
     assert (batch["input_ids"][0][padded] == tokenizer.eos_token_id).all()
 
 
+@pytest.mark.slow  # a full fine-tuning run (the fast loop keeps the LoRA ones, which share its code path)
 def test_full_finetuning_trains_the_whole_llm(text_files, tmp_path):
     """``train_llm=True``: every weight trains, the finite LM loss is logged, the saved folder loads and differs
     from the base, no projector file is written (``export_projector`` keeps its default True), and text replay
