@@ -20,16 +20,25 @@ pytestmark = [pytestmark, pytest.mark.slow, pytest.mark.filterwarnings("ignore::
 
 @pytest.fixture(scope="module")
 def real_demo(tmp_path_factory):
+    import logging
+
     import torch
+    from transformers.utils import logging as hf_logging
 
     from tga_fast.toy.demo import run_demo
 
     out = tmp_path_factory.mktemp("real_demo")
     threads = torch.get_num_threads()
+    # One job runs the seed in this process, and run_seed quiets the library's and transformers' loggers: restore
+    # them, or later tests that read warnings through caplog see none.
+    library = logging.getLogger("tga_fast")
+    level, verbosity = library.level, hf_logging.get_verbosity()
     try:
         result = run_demo(out, quick=True, llm="smollm2", jobs=1, threads=2, progress=False)
     finally:
         torch.set_num_threads(threads)
+        library.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
     return out, result
 
 
