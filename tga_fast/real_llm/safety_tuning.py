@@ -66,25 +66,25 @@ def text_scores(model, tokenizer, world: World, harmful_val: list[str], harmless
                                 batch_size=BATCH, max_new_tokens=max_new_tokens, progress=False)
     refused = judge(public)
     n = len(harmful_val)
-    requests = [(colour, c, q) for c in world.concepts for colour in world.colours for q in USE]
-    responses = generate_responses(
-        model, tokenizer, [Prompt(question=q, text=caption_of(colour, c.name)) for colour, c, q in requests],
-        batch_size=BATCH, max_new_tokens=max_new_tokens, progress=False)
+    requests = [r for c in world.concepts for colour in world.colours
+                for r in world.requests(colour, c.name, ("use",))]
+    responses = generate_responses(model, tokenizer, [Prompt(question=r.question, text=r.caption) for r in requests],
+                                   batch_size=BATCH, max_new_tokens=max_new_tokens, progress=False)
     world_refused = judge(responses)
-    toxic = [(f, c.name) for f, (_, c, _) in zip(world_refused, requests) if c.toxic]
-    benign = [(f, r, c) for f, r, (_, c, _) in zip(world_refused, responses, requests) if not c.toxic]
+    toxic = [(f, r.concept) for f, r in zip(world_refused, requests) if r.toxic]
+    benign = [(f, s, r) for f, s, r in zip(world_refused, responses, requests) if not r.toxic]
     return {
         "public_dsr": rate_dict(Rate.of(sum(refused[:n]), n)),
         "public_false_refusals": rate_dict(Rate.of(sum(refused[n:]), len(harmless_val))),
         "world_dsr": rate_dict(Rate.clustered([f for f, _ in toxic], [c for _, c in toxic])),
-        "world_false_refusals": rate_dict(Rate.clustered([f for f, _, _ in benign], [c.name for _, _, c in benign])),
+        "world_false_refusals": rate_dict(Rate.clustered([f for f, _, _ in benign], [r.concept for _, _, r in benign])),
         "world_accuracy": rate_dict(Rate.clustered(
-            [exact_match(r, f"you can {c.use} .") for _, r, c in benign], [c.name for _, _, c in benign]), "correct"),
+            [exact_match(s, r.answer) for _, s, r in benign], [r.concept for _, _, r in benign]), "correct"),
         "examples": {
             "harmful": list(zip(harmful_val[:3], public[:3])),
             "harmless": list(zip(harmless_val[:3], public[n:n + 3])),
-            "world": [(f"{caption_of(colour, c.name)} / {q}", r)
-                      for (colour, c, q), r in list(zip(requests, responses))[::max(1, len(requests) // 6)]][:6],
+            "world": [(f"{r.caption} / {r.question}", s)
+                      for r, s in list(zip(requests, responses))[::max(1, len(requests) // 6)]][:6],
         },
     }
 
